@@ -3,8 +3,8 @@
     python -m jdd.main --config configs/sre2l_fashion_mnist.py --workdir runs/sre2l_fmnist
 
 Not a paper cell: Fashion-MNIST ships with Debian (`apt-get install dataset-fashion-mnist`), so
-the whole pipeline runs with no download. ConvNet-3 (width 64, BatchNorm) teacher trained for
-2 epochs, 10 images per class recovered for 500 iterations, relabelled FKD-style and evaluated
+the whole pipeline runs with no download. ConvNet-3 (width 32, BatchNorm) teacher trained for
+1 epoch, 10 images per class recovered for 500 iterations, relabelled FKD-style and evaluated
 with a ConvNet-3 student over 3 seeds beside a random real subset of the same size.
 About 10 minutes on 2 CPU cores. Variants: `:smoke` (a minute, what the tests run), `:ipc=N`.
 """
@@ -22,8 +22,8 @@ def get_config(arg=None):
   c.dataset.name = "fashion_mnist"
   c.dataset.val_size = 5000
   c.teacher.arch = "convnet"
-  c.teacher.kwargs = {"width": 64, "depth": 3}
-  c.teacher.epochs = 2
+  c.teacher.kwargs = {"width": 32, "depth": 3}
+  c.teacher.epochs = 1
   c.teacher.batch_size = 256
   c.teacher.lr = 0.05
   c.teacher.crop_padding = 2
@@ -38,8 +38,8 @@ def get_config(arg=None):
   c.relabel.crop = "rrc"
   c.relabel.crop_scale = (0.5, 1.0)
   c.relabel.mix = "cutmix"
-  c.evaluate.student = {"arch": "convnet", "kwargs": {"width": 64, "depth": 3}}
-  c.evaluate.epochs = 200
+  c.evaluate.student = {"arch": "convnet", "kwargs": {"width": 32, "depth": 3}}
+  c.evaluate.epochs = 100
   c.evaluate.batch_size = 50
   c.evaluate.lr = 2e-3
   c.evaluate.temperature = 4.0

@@ -3,7 +3,7 @@
 Any field can be overridden with `--config.a.b=value`; a field that does not exist is an error.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jdd import run
@@ -16,6 +16,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax and clu log every save at INFO
   run.run(_CONFIG.value, _WORKDIR.value)
 
 

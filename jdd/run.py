@@ -127,6 +127,10 @@ def squeeze(config, workdir, data, keys, writer, budget):
     print("[squeeze] teacher already trained: skipped", flush=True)
     return load_teacher(tdir, expect)
   tc = config.teacher
+  if not hasattr(data.train, "images"):
+    raise ValueError(
+        f"{data.name}: squeezing a teacher on a streamed training split is not supported; set "
+        "teacher.checkpoint to a converted teacher folder (card.json + variables).")
   model = models.build_model(tc.arch, data.num_classes, **dict(tc.kwargs))
   variables = models.init_variables(model, jax.random.fold_in(keys["squeeze"], 0),
                                     data.image_shape)
@@ -247,6 +251,8 @@ def relabel(name, out_path, images, config, data, teacher, keys):
 
 def random_subset(data, ipc: int, key) -> np.ndarray:
   """`ipc` real training images per class, drawn with a recorded key."""
+  if not hasattr(data.train, "images"):  # streamed (ImageNet): first `ipc` per class
+    return data.train.take_per_class(ipc, data.num_classes).images
   rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
   idx = [rng.choice(np.flatnonzero(data.train.labels == c), ipc, replace=False)
          for c in range(data.num_classes)]

@@ -318,7 +318,8 @@ def _opt(cfg, name: str, default: Any = None) -> Any:
         value = cfg.get(name, default)
     else:
         value = getattr(cfg, name, default)
-    return default if value is None else value
+    # ConfigDicts hold typed fields, so configs spell "not set" as 0 or "" rather than None.
+    return default if value is None or (value == 0 and not isinstance(value, bool)) or value == "" else value
 
 
 @dataclasses.dataclass(frozen=True)

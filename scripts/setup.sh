@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv with jdd and its pinned stack (CPU), plus the test extra when given `test`.
+# Installs Debian's Fashion-MNIST (the offline default dataset) when apt is available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+if [ "${1:-}" = "test" ]; then
+  python -m pip install -q -e '.[test]'
+else
+  python -m pip install -q -e .
+fi
