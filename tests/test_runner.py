@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from absl.testing import flagsaver  # noqa: F401  (absl is a dependency through the CLI)
 
 from jdd import run as run_lib
 from jdd.config import load_config, override

@@ -43,10 +43,6 @@ def augmented_batch(aug_key, epoch, batch, images_uint8, *, cfg, mean, std):
       pad_value=augment.normalized_zero(mean, std))
 
 
-def teacher_logits(teacher_apply, teacher_variables, x):
-  return teacher_apply(teacher_variables, x, train=False)
-
-
 def make_relabel_fn(teacher_model, *, cfg, mean, std):
   """Jitted (teacher_variables, aug_key, epoch, batch, images) -> float16 logits."""
 
