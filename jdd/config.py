@@ -10,6 +10,7 @@ being silently ignored half-way through a GPU run.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import os
 
@@ -71,20 +72,12 @@ def override(config: ml_collections.ConfigDict, **dotted) -> ml_collections.Conf
             f"config key {dotted_key!r} does not exist: {where} has no field {part!r}; "
             f"its fields are {sorted(node.keys())}")
       if i == len(parts) - 1:
-        with node.ignore_type() if value is None or node[part] is None else _null():
+        with node.ignore_type() if value is None or node[part] is None else (
+            contextlib.nullcontext()):
           node[part] = value
       else:
         node = node[part]
   return config
-
-
-class _null:
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -13,6 +13,7 @@ because every random draw is `fold_in(key, step)` of the config's seed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -328,7 +329,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   keys = _keys(config)
   writer = reporting.create_writer(workdir)
   budget = _Budget(int(config.debug.interrupt_after))
-  with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else _nullctx():
+  with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else contextlib.nullcontext():
     teacher = squeeze(config, workdir, data, keys, writer, budget)
     images, _ = recover(config, workdir, data, teacher, keys, writer, mesh, budget)
     edir = _export_dir(workdir)
@@ -355,15 +356,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.flush()
   _print_summary(results)
   return results
-
-
-class _nullctx:
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
 
 
 def _print_summary(results):
