@@ -65,13 +65,16 @@ def variables_of(state: TrainState) -> dict:
   return out
 
 
-def _apply_train(model, state, params, x):
+def _apply_train(model, state, params, x, dropout_rng=None):
+  """Train-mode forward; `dropout_rng` switches on dropout / stochastic depth (MobileNetV2,
+  EfficientNet), which jdd's modules keep deterministic when no 'dropout' rng is given."""
   variables = {"params": params}
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
     return logits, updates["batch_stats"]
-  return model.apply(variables, x, train=True), state.batch_stats
+  return model.apply(variables, x, train=True, rngs=rngs), state.batch_stats
 
 
 def supervised_step(state: TrainState, batch: dict, rng, *, model, optimizer, mean, std,
@@ -79,6 +82,8 @@ def supervised_step(state: TrainState, batch: dict, rng, *, model, optimizer, me
   """Cross-entropy on hard labels with RandomCrop(pad) + flip: the teacher (squeeze) recipe."""
   x = normalize(batch["images"], mean, std)
   k_crop, k_flip = jax.random.split(rng)
+  # A third stream for dropout, folded in so the crop/flip draws of existing runs are unchanged.
+  k_dropout = jax.random.fold_in(rng, 2)
   if crop_padding:
     x = augment.random_crop_with_padding(k_crop, x, crop_padding, per_image=True,
                                          pad_value=augment.normalized_zero(mean, std))
@@ -86,7 +91,7 @@ def supervised_step(state: TrainState, batch: dict, rng, *, model, optimizer, me
     x = augment.random_flip(k_flip, x, per_image=True)
 
   def loss_fn(params):
-    logits, new_stats = _apply_train(model, state, params, x)
+    logits, new_stats = _apply_train(model, state, params, x, k_dropout)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
     return loss, (logits, new_stats)
 

@@ -1,12 +1,11 @@
-"""BN-statistics matching: closed forms, and parity with SRe2L's torch forward hooks.
+"""BN-statistics matching: closed forms, and parity with SRe2L's torch BN hooks.
 
 The torch networks are written here (torchvision naming), given random weights and random
-running statistics, copied into the jdd models through the documented state_dict mapping, and
-compared on logits, on the BN loss and on the input gradient of CE + 0.01 * L_BN, the quantity
-the recover loop follows.
+running statistics, converted with jdd's one converter (`third_party.torch_to_flax` and each
+model's `torch_key`) and compared by the shared harness `tests/torch_parity.py`: logits, every
+BN input's mean and variance in call order, and the input gradient of CE + 0.01 * L_BN (the
+quantity the recover loop follows), in eval and in train mode.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +15,9 @@ import torch
 import torch.nn as tnn
 import torch.nn.functional as F
 
-from jdd.models import BatchNorm, build_model, init_variables, ordered_bn_stats
+from jdd.models import BatchNorm, build_model, ordered_bn_stats, torch_key_fn
 from jdd.objectives import bn_statistics_loss, bn_statistics_loss_from_collection
-
-torch.set_num_threads(2)
+from torch_parity import check_parity, convert, randomise
 
 
 # ---------------------------------------------------------------- closed forms
@@ -181,149 +179,26 @@ class TorchResNet(tnn.Module):
     return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def randomise(model, seed):
-  """Random weights and running statistics, so a wrong mapping cannot pass by symmetry."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, tnn.BatchNorm2d):
-        c = m.num_features
-        m.weight.copy_(0.5 + torch.rand(c, generator=g))
-        m.bias.copy_(0.2 * torch.randn(c, generator=g))
-        m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-  return model.eval()
-
-
-def set_in(tree, path, value):
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = jnp.asarray(value)
-
-
-def torch_to_flax(model, convnet_feature_hw=None):
-  """state_dict -> {'params', 'batch_stats'} through the mapping in the module docstrings."""
-  out = {"params": {}, "batch_stats": {}}
-  names = {}
-  if isinstance(model, TorchConvNet):
-    for k, layer in enumerate(model.features):
-      d = k // 4
-      if isinstance(layer, tnn.Conv2d):
-        names[f"features.{k}"] = f"conv{d}"
-      elif isinstance(layer, tnn.BatchNorm2d):
-        names[f"features.{k}"] = f"norm{d}"
-    names["classifier"] = "fc"
-  for key, t in model.state_dict().items():
-    module, leaf = key.rsplit(".", 1)
-    if leaf == "num_batches_tracked":
-      continue
-    if module in names:
-      module = names[module]
-    else:
-      for i in range(1, 5):
-        module = module.replace(f"layer{i}.", f"layer{i}_")
-      module = module.replace("downsample.0", "downsample_conv")
-      module = module.replace("downsample.1", "downsample_bn")
-    path = module.split(".") if "." in module else module.split("/")
-    path = [p for part in path for p in part.split("/")]
-    w = t.detach().numpy()
-    if leaf == "weight" and w.ndim == 4:
-      set_in(out["params"], path + ["kernel"], w.transpose(2, 3, 1, 0))
-    elif leaf == "weight" and w.ndim == 2:
-      if module == "fc" and convnet_feature_hw is not None:
-        h = convnet_feature_hw
-        k_out = w.shape[0]
-        w = w.reshape(k_out, -1, h, h).transpose(2, 3, 1, 0).reshape(-1, k_out).T
-      set_in(out["params"], path + ["kernel"], w.T)
-    elif leaf == "weight":
-      set_in(out["params"], path + ["scale"], w)
-    elif leaf == "bias":
-      set_in(out["params"], path + ["bias"], w)
-    elif leaf == "running_mean":
-      set_in(out["batch_stats"], path + ["mean"], w)
-    elif leaf == "running_var":
-      set_in(out["batch_stats"], path + ["var"], w)
-    else:
-      raise KeyError(key)
-  return out
-
-
-def torch_recover_terms(model, x_nchw, targets, first_bn_multiplier=10.0):
-  """SRe2L's recover loss in eval mode: hooks on every BatchNorm2d, in modules() order."""
-  losses = []
-
-  def hook(module, inputs, _):
-    a = inputs[0]
-    mean = a.mean([0, 2, 3])
-    var = a.permute(1, 0, 2, 3).reshape(a.shape[1], -1).var(1, unbiased=False)
-    losses.append(torch.norm(module.running_var - var, 2) +
-                  torch.norm(module.running_mean - mean, 2))
-
-  handles = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, tnn.BatchNorm2d)]
-  x = x_nchw.clone().requires_grad_(True)
-  logits = model(x)
-  for h in handles:
-    h.remove()
-  bn = first_bn_multiplier * losses[0] + sum(losses[1:])
-  total = F.cross_entropy(logits, targets) + 0.01 * bn
-  total.backward()
-  return logits.detach().numpy(), bn.item(), x.grad.numpy().transpose(0, 2, 3, 1)
-
-
-def jax_recover_terms(model, variables, x_nhwc, targets):
-  def objective(x):
-    logits, col = model.apply(variables, x, train=False, mutable=["bn_stats"])
-    bn = bn_statistics_loss(ordered_bn_stats(col["bn_stats"]))
-    logp = jax.nn.log_softmax(logits)
-    ce = -jnp.mean(jnp.take_along_axis(logp, targets[:, None], axis=1))
-    return ce + 0.01 * bn, (logits, bn)
-
-  grad, (logits, bn) = jax.jit(jax.grad(objective, has_aux=True))(x_nhwc)
-  return np.asarray(logits), float(bn), np.asarray(grad)
-
-
-def assert_rel(got, want, tol, what):
-  err = np.max(np.abs(np.asarray(got) - np.asarray(want)))
-  scale = np.max(np.abs(np.asarray(want)))
-  assert err <= tol * scale, f"{what}: max abs err {err:.3g} vs scale {scale:.3g}"
-
-
-def check_parity(torch_model, jax_model, image_hw, batch, num_classes, convnet_hw=None):
-  g = torch.Generator().manual_seed(1)
-  x = torch.randn(batch, 3, image_hw, image_hw, generator=g)
-  targets = torch.randint(0, num_classes, (batch,), generator=g)
-  t_logits, t_bn, t_grad = torch_recover_terms(torch_model, x, targets)
-
-  variables = torch_to_flax(torch_model, convnet_hw)
-  ref = jax.eval_shape(lambda: init_variables(jax_model, jax.random.key(0),
-                                              (image_hw, image_hw, 3)))
-  shapes = functools.partial(jax.tree.map, lambda a: a.shape)
-  assert shapes(variables) == shapes(ref), "state_dict mapping does not cover the model"
-
-  j_logits, j_bn, j_grad = jax_recover_terms(
-      jax_model, variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
-      jnp.asarray(targets.numpy()))
-  assert_rel(j_logits, t_logits, 1e-4, "logits")
-  np.testing.assert_allclose(j_bn, t_bn, rtol=1e-4)
-  assert_rel(j_grad, t_grad, 1e-3, "input gradient")
-  return len(torch_model.state_dict())
-
-
 def test_parity_convnet():
   torch.manual_seed(0)
   tm = randomise(TorchConvNet(3, 16, 3, 10, 32), seed=0)
   jm = build_model("convnet", 10, width=16, depth=3, norm="batchnorm")
-  check_parity(tm, jm, 32, 4, 10, convnet_hw=4)
+  variables = convert(tm, jm, (32, 32, 3), torch_key_fn("convnet", "dd", feature_hw=4),
+                      "convnet")
+  assert check_parity(tm, jm, variables, image_hw=32, batch=4, num_classes=10) == 3
 
 
+# Final maps x batch hold >= 16 values per channel, so train-mode batch statistics are not
+# degenerate: CIFAR stem 16 -> 2x2, ImageNet stem 64 -> 2x2, batch 4.
 @pytest.mark.parametrize("arch,stem,hw", [("resnet18", "cifar", 16),
-                                          ("resnet18", "imagenet", 32),
-                                          ("resnet50", "imagenet", 32)])
+                                          ("resnet18", "imagenet", 64),
+                                          ("resnet50", "imagenet", 64)])
 def test_parity_resnet(arch, stem, hw):
   torch.manual_seed(0)
   block, stages = {"resnet18": (TorchBasic, (2, 2, 2, 2)),
                    "resnet50": (TorchBottleneck, (3, 4, 6, 3))}[arch]
   tm = randomise(TorchResNet(block, stages, 10, stem, width=8), seed=1)
   jm = build_model(arch, 10, stem=stem, width=8)
-  check_parity(tm, jm, hw, 2 if arch == "resnet50" else 4, 10)
+  variables = convert(tm, jm, (hw, hw, 3), torch_key_fn(arch, "torchvision"), arch)
+  n_bn = check_parity(tm, jm, variables, image_hw=hw, batch=4, num_classes=10)
+  assert n_bn == {"resnet18": 20, "resnet50": 53}[arch]
