@@ -1,7 +1,8 @@
 """Student training on a distilled (or random real) set, with honest model selection.
 
-A student is trained from scratch on the small set with the FKD soft labels (stored, or the
-teacher online), as the references' validate scripts do: AdamW + cosine, KL with temperature.
+A student is trained from scratch on the small set with soft labels from a `LabelSource` (FKD
+logits stored or online, INFER's static or dynamic labels), as the references' validate scripts
+do: AdamW + cosine, KL with temperature.
 Every `eval_every` epochs it is scored on the validation split (carved from train when the
 dataset has none) and on the test split. The reported number is the test top-1 at the epoch
 with the best *validation* top-1; the references' own protocol (the last epoch's test top-1)
@@ -18,25 +19,23 @@ import numpy as np
 
 from jdd import models, training
 from jdd.labels import fkd
+from jdd.labels.source import LabelSource
 
 
-def _student_step(state, batch, rng, teacher_variables, *, model, optimizer, teacher_model,
-                  relabel_cfg, mean, std, aug_key, temperature, t_squared):
-  x = fkd.augmented_batch(aug_key, batch["epoch"], batch["k"], batch["images"], cfg=relabel_cfg,
-                          mean=mean, std=std)
-  if teacher_model is not None:  # online labels: the teacher sees the very same batch
-    logits = teacher_model.apply(teacher_variables, x, train=False)
-  else:
-    logits = batch["teacher_logits"]
+def _student_step(state, batch, rng, operands, *, model, optimizer, batch_fn, temperature,
+                  t_squared):
+  x, logits = batch_fn(operands, batch)
   return training.kd_step(state, {"images": x, "teacher_logits": logits}, rng, model=model,
                           optimizer=optimizer, temperature=temperature, t_squared=t_squared)
 
 
-def train_student(images_uint8: np.ndarray, *, soft_labels, teacher, data, ecfg, relabel_cfg,
-                  order_key, aug_key, seed: int, progress=None) -> dict:
+def train_student(images_uint8: np.ndarray, *, source: LabelSource, data, ecfg, order_key,
+                  seed: int, progress=None) -> dict:
   """Trains one student; returns its validation/test curve and the selected numbers.
 
-  soft_labels: (E, S, b, C) stored logits, or None to run `teacher` = (model, variables) online.
+  source: where each batch's augmented inputs and target logits come from (stored FKD logits,
+  online teachers, INFER static labels, ...); see `jdd.labels.source`. The batch order of
+  epoch e is `fkd.batch_indices(order_key, e, ...)`, the order stored labels were made for.
   """
   mean, std = data.mean, data.std
   n = len(images_uint8)
@@ -47,10 +46,8 @@ def train_student(images_uint8: np.ndarray, *, soft_labels, teacher, data, ecfg,
   variables = models.init_variables(student, jax.random.key(seed), data.image_shape)
   optimizer = training.make_optimizer(ecfg, s)
   state = training.init_state(variables, optimizer)
-  teacher_model, teacher_variables = (teacher if soft_labels is None else (None, None))
   step = jax.jit(functools.partial(
-      _student_step, model=student, optimizer=optimizer, teacher_model=teacher_model,
-      relabel_cfg=relabel_cfg, mean=mean, std=std, aug_key=aug_key,
+      _student_step, model=student, optimizer=optimizer, batch_fn=source.batch_fn,
       temperature=float(ecfg.temperature), t_squared=bool(ecfg.t_squared)))
   predict = training.predict_fn(student)
   images = jnp.asarray(images_uint8)
@@ -58,11 +55,11 @@ def train_student(images_uint8: np.ndarray, *, soft_labels, teacher, data, ecfg,
   for e in range(epochs):
     idx = fkd.batch_indices(order_key, e, n, batch_size)
     for k in range(s):
-      batch = {"images": images[idx[k]], "epoch": e, "k": k}
-      if soft_labels is not None:
-        batch["teacher_logits"] = jnp.asarray(soft_labels[e, k])
+      batch = {"images": images[idx[k]], "idx": idx[k], "epoch": e, "k": k}
+      if source.host_fields is not None:
+        batch.update(source.host_fields(e, k, idx[k]))
       state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(seed), e * s + k),
-                            teacher_variables)
+                            source.operands)
     if (e + 1) % int(ecfg.eval_every) == 0 or e + 1 == epochs:
       v = training.variables_of(state)
       curve.append({

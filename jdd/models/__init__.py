@@ -17,6 +17,9 @@ from jdd.models import convnet, resnet
 from jdd.models.bn import BatchNorm, ordered_bn_stats, ordered_bn_stats_paths
 from jdd.models.convnet import ConvNet
 from jdd.models.resnet import RESNET_LAYOUTS, ResNet
+from jdd.models import densenet, efficientnet
+from jdd.models import mobilenet_v2, shufflenet
+from jdd.models import nfnet
 
 
 def _resnet(arch):
@@ -31,6 +34,23 @@ REGISTRY: dict[str, tuple[Callable[..., nn.Module], Callable[..., Any] | None]] 
     "convnet": (lambda num_classes, **kw: ConvNet(num_classes=num_classes, **kw),
                 convnet.torch_key),
     **{arch: (_resnet(arch), resnet.torch_key) for arch in RESNET_LAYOUTS},
+    "densenet121": (lambda num_classes, **kw: densenet.DenseNet(num_classes=num_classes, **kw),
+                    densenet.torch_key),
+    "efficientnet_b0": (lambda num_classes, **kw: efficientnet.EfficientNetB0(
+        num_classes=num_classes, **kw), efficientnet.torch_key),
+    "mobilenet_v2": (lambda num_classes, **kw: mobilenet_v2.MobileNetV2(num_classes=num_classes,
+                                                                         **kw),
+                     mobilenet_v2.torch_key),
+    "shufflenet_v2_x0_5": (lambda num_classes, **kw: shufflenet.ShuffleNetV2(
+        num_classes=num_classes, net_size=0.5, **kw), shufflenet.torch_key),
+    "shufflenet_v2_x1_0": (lambda num_classes, **kw: shufflenet.ShuffleNetV2(
+        num_classes=num_classes, net_size=1.0, **kw), shufflenet.torch_key),
+    "shufflenet_g2": (lambda num_classes, **kw: shufflenet.ShuffleNetG2(num_classes=num_classes,
+                                                                        **kw),
+                      shufflenet.torch_key),
+    # timm nfnet_l0 (no BatchNorm: variables are {'params'}); num_classes=0 -> 2304-d features.
+    "nfnet_l0": (lambda num_classes, **kw: nfnet.NFNet(num_classes=num_classes, **kw),
+                 nfnet.torch_key),
 }
 ARCHS = tuple(REGISTRY)
 

@@ -1,0 +1,173 @@
+"""Squeeze: the run's teachers, each loaded from a folder or trained here (resumable).
+
+Two config schemas are accepted:
+- one teacher, `config.teacher` (SRe2L's configs): stored in W/teacher/, trained with the key
+  `keys['squeeze']` and checkpointed as stage `squeeze`, exactly as before multi-teacher runs;
+- several, `config.teachers` (a ConfigDict name -> teacher ConfigDict with the same fields as
+  `config.teacher`) ordered by `config.teacher_names`: stored in W/teachers/<name>/, each trained
+  with its own key `fold_in(keys['squeeze'], crc32(name))` so that reordering or adding teachers
+  never changes one already trained. INFER assigns teacher m to the m-th name; FADRM+ cycles
+  through the names in that order. Teachers defined but not in `teacher_names` are loaded
+  after them (for label sources that name them). A config holding both (`teacher` as an alias of the first)
+  uses the list.
+
+A teacher folder holds `variables/` (Orbax) and `card.json` (arch, kwargs, num_classes,
+image_shape, dataset, normalisation, accuracies). `teacher.checkpoint` points at such a folder:
+a finished run's, or one written by the converter CLI from third-party weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import zlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jdd import checkpoint, models, training
+from jdd.stages.context import StageContext, Teacher
+
+
+def is_multi(config) -> bool:
+  """The list schema is in use when `teacher_names` names at least one teacher (a config may
+  also keep `teacher` as an alias of the first; the list wins)."""
+  return bool(config.get("teacher_names")) or (
+      "teacher" not in config and "teachers" in config)
+
+
+def teacher_specs(config) -> list[tuple[str, object, str]]:
+  """[(name, teacher config, folder relative to the workdir)] in `teacher_names` order."""
+  if is_multi(config):
+    names = tuple(config.get("teacher_names") or ())
+    have = tuple(config.teachers.keys())
+    if not names:
+      raise ValueError("config.teacher_names is empty: list the teachers of config.teachers in "
+                       "the order the method uses them")
+    undefined = [n for n in names if n not in have]
+    if len(set(names)) != len(names) or undefined:
+      raise ValueError(f"config.teacher_names={names} must name each teacher at most once and "
+                       f"only teachers defined in config.teachers ({sorted(have)}); "
+                       f"undefined: {undefined}")
+    # Teachers defined but not ordered (e.g. used only by a label source) come last.
+    names = names + tuple(n for n in have if n not in names)
+    return [(n, config.teachers[n], os.path.join("teachers", n)) for n in names]
+  if "teacher" in config:
+    return [("teacher", config.teacher, "teacher")]
+  raise ValueError("the config has neither `teacher` nor `teachers`/`teacher_names`")
+
+
+def expected_card(tc, data) -> dict:
+  return {"arch": tc.arch, "kwargs": dict(tc.kwargs), "num_classes": data.num_classes,
+          "image_shape": list(data.image_shape), "dataset": data.name, "mean": list(data.mean),
+          "std": list(data.std)}
+
+
+def load_teacher(path: str, expect: dict):
+  """Loads a teacher folder (variables/ + card.json); refuses one built for another setting.
+
+  `expect` needs arch, kwargs, num_classes and image_shape. Returns (model, variables, card).
+  """
+  card_path = os.path.join(path, "card.json")
+  if not os.path.exists(card_path):
+    raise FileNotFoundError(
+        f"teacher.checkpoint={path!r} has no card.json: point it at the `teacher/` folder of a "
+        "finished jdd run (W/teacher or W/teachers/<name>), a converted teacher folder, or leave "
+        "it empty to train the teacher here.")
+  card = checkpoint.read_json(card_path)
+  for field in ("arch", "kwargs", "num_classes", "image_shape"):
+    if card.get(field) != expect[field]:
+      raise ValueError(
+          f"teacher at {path} has {field}={card.get(field)!r} but this config needs "
+          f"{expect[field]!r}; set teacher.arch/kwargs to match it or squeeze a new teacher.")
+  model = models.build_model(card["arch"], card["num_classes"], **card["kwargs"])
+  template = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0),
+                                                          tuple(card["image_shape"])))
+  variables = ocp.StandardCheckpointer().restore(
+      os.path.abspath(os.path.join(path, "variables")), template)
+  return model, variables, card
+
+
+def _train_teacher(ctx: StageContext, name: str, tc, folder: str, stage: str, key):
+  data = ctx.data
+  if not hasattr(data.train, "images"):
+    raise ValueError(
+        f"{data.name}: squeezing a teacher on a streamed training split is not supported; set "
+        f"the checkpoint of teacher {name!r} to a converted teacher folder (card.json + "
+        "variables).")
+  model = models.build_model(tc.arch, data.num_classes, **dict(tc.kwargs))
+  variables = models.init_variables(model, jax.random.fold_in(key, 0), data.image_shape)
+  n, b = len(data.train), int(tc.batch_size)
+  s = n // b
+  optimizer = training.make_optimizer(tc, s)
+  state = training.init_state(variables, optimizer)
+  step = jax.jit(functools.partial(
+      training.supervised_step, model=model, optimizer=optimizer, mean=data.mean, std=data.std,
+      crop_padding=int(tc.crop_padding), flip=bool(tc.flip)))
+  order_key = jax.random.fold_in(key, 1)
+  epoch_perm = {}
+
+  def batch_fn(i):
+    e, k = divmod(i, s)
+    if e not in epoch_perm:
+      epoch_perm.clear()
+      epoch_perm[e] = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, e), n))
+    idx = epoch_perm[e][k * b:(k + 1) * b]
+    return {"images": data.train.images[idx], "labels": data.train.labels[idx]}
+
+  state = ctx.loop(stage, state, step, batch_fn, int(tc.epochs) * s, jax.random.fold_in(key, 2))
+  variables = training.variables_of(state)
+  predict = training.predict_fn(model)
+  acc = {split: training.accuracy(predict, variables, getattr(data, split).images,
+                                  getattr(data, split).labels, data.mean, data.std)
+         for split in ("val", "test")}
+  print(f"[{stage}] teacher {name} ({tc.arch}) top-1: val {acc['val'] * 100:.2f}%  "
+        f"test {acc['test'] * 100:.2f}%", flush=True)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.abspath(os.path.join(folder, "variables")), variables, force=True)
+  ckptr.wait_until_finished()
+  checkpoint.atomic_write_json(os.path.join(folder, "card.json"),  # written last: marks done
+                               {**expected_card(tc, data), "val_top1": acc["val"],
+                                "test_top1": acc["test"]})
+
+
+def squeeze(ctx: StageContext) -> list[Teacher]:
+  """Every teacher of the config, in order: loaded from its checkpoint, or from the workdir
+  when an earlier run finished it, or trained now."""
+  specs = teacher_specs(ctx.config)
+  legacy = not is_multi(ctx.config)
+  out = []
+  for name, tc, rel in specs:
+    folder = os.path.join(ctx.workdir, rel)
+    expect = expected_card(tc, ctx.data)
+    if tc.checkpoint:
+      print(f"[squeeze] teacher {name}: using {tc.checkpoint}", flush=True)
+      out.append(Teacher(name, *load_teacher(tc.checkpoint, expect)))
+      continue
+    if not os.path.exists(os.path.join(folder, "card.json")):
+      key = ctx.keys["squeeze"]
+      if not legacy:
+        key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+      _train_teacher(ctx, name, tc, folder, "squeeze" if legacy else f"squeeze_{name}", key)
+    else:
+      print(f"[squeeze] teacher {name} already trained: skipped", flush=True)
+    out.append(Teacher(name, *load_teacher(folder, expect)))
+  return out
+
+
+def summary(teachers: list[Teacher]) -> list[dict]:
+  return [{"name": t.name, **{k: t.card.get(k) for k in ("arch", "kwargs", "val_top1",
+                                                          "test_top1")}} for t in teachers]
+
+
+def ordered(ctx: StageContext, names=None) -> list[Teacher]:
+  """The teachers named by `names` (default `config.teacher_names`; all of a single-teacher
+  config), in that order."""
+  if names is None:
+    names = ctx.config.get("teacher_names") or [t.name for t in ctx.teachers]
+  by_name = {t.name: t for t in ctx.teachers}
+  missing = [n for n in names if n not in by_name]
+  if missing:
+    raise ValueError(f"teachers {missing} are not loaded; loaded: {sorted(by_name)}")
+  return [by_name[n] for n in names]
