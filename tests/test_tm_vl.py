@@ -187,6 +187,7 @@ def _smoke(root, **kw):
   return override(c, **{"dataset.root": root, **kw})
 
 
+@pytest.mark.slow  # about 6 CPU-minutes on 2 cores: scripts/test.sh --all
 def test_end_to_end_smoke_and_bit_exact_resume(tmp_path):
   data_root, w1, w2 = str(tmp_path / "data"), str(tmp_path / "w1"), str(tmp_path / "w2")
   results = image_text.run(_smoke(data_root), w1)
