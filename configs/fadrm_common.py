@@ -8,8 +8,10 @@ Field names follow configs/sre2l_common.py. What FADRM adds (see docs/fadrm.md):
   recover.alpha              the ARC residual weight at each stage boundary.
   recover.compute_dtype      'bfloat16' matches the reference's fp16 autocast; 'float32' exact.
   recover.init               teacher-scored real patches (jdd's documented selection).
-  relabel.method='bssl'      train-mode teachers on `num_splits` micro-batches, mixed by
-                             `teacher_weights` (empty: uniform) over `relabel.teacher_names`.
+  relabel.mode='bssl'        train-mode teachers on `num_splits` micro-batches, mixed by
+                             `teacher_weights` (empty: uniform) over `relabel.teacher_names`,
+                             stored as float16 logits; 'bssl_online' computes them during
+                             student training instead (ImageNet-1K).
   evaluate.grad_accum_steps  the student's micro-batches (must equal relabel.num_splits).
   evaluate.cosine_eta        lr_e = lr0 * 0.5 (1 + cos(pi e / (E * eta))); eta 2 stops at half.
 """
@@ -46,7 +48,9 @@ def set_teachers(c: ml_collections.ConfigDict, teachers: dict, names, relabel_na
   missing = [n for n in tuple(names) + tuple(relabel_names or ()) if n not in teachers]
   if missing:
     raise ValueError(f"teacher names {missing} are not defined; defined: {sorted(teachers)}")
-  c.teachers = ml_collections.ConfigDict(teachers)
+  # Only the teachers a run uses: squeeze loads (or trains) every teacher the config defines.
+  used = tuple(names) + tuple(n for n in (relabel_names or ()) if n not in names)
+  c.teachers = ml_collections.ConfigDict({n: teachers[n] for n in used})
   c.teacher_names = tuple(names)
   c.teacher = teachers[names[0]]
   c.relabel.teacher_names = tuple(relabel_names or names)
@@ -88,8 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
       crop_scale=(0.5, 1.0)))
 
   c.relabel = ml_collections.ConfigDict()
-  c.relabel.method = "bssl"
-  c.relabel.mode = "stored"
+  c.relabel.mode = "bssl"
   c.relabel.teacher_names = ()
   c.relabel.teacher_weights = ()   # empty: uniform; else softmax(w / 10) as --model-weight
   c.relabel.train_mode = True      # BSSL; the Tiny FADRM IPC 50 script alone uses eval mode

@@ -12,7 +12,7 @@ schedule: the ConvNet's flattening head fixes the resolution), ARC alpha 0.5 at 
 lr 0.1, RRC 0.5-1 + flip + roll U{0..2}, fp32 (bf16 is slow on CPU). Patches: the best of 2
 crops of 200 candidates per class. Relabel: BSSL in 2 micro-batches of 25, mixture of the
 recover teachers, CutMix. Evaluate: ConvNet-3 student, 100 epochs, 3 seeds.
-Variants: `:plus=True`, `:ipc=N`, `:smoke` (what the tests run).
+Variants: `:plus=True`, `:ipc=N`, `:smoke` (what the tests run: stages 32 px then 28 px).
 """
 
 import os
@@ -54,4 +54,7 @@ def get_config(arg=None):
   if args.get("smoke"):
     apply_smoke(c)
     c.dataset.name = "fashion_mnist"
+    # 32 then 28 px: both give the ConvNet's 4x4 feature map (28 + 2 * 3 padding), so the
+    # smoke run crosses a real change of resolution (upsampled, then ARC back to 28).
+    c.recover.resolutions = (32, 28)
   return finalize(c)

@@ -52,7 +52,7 @@ def get_config(arg=None):
   c.recover.jitter = 32
   c.recover.classes_per_batch = 100
   patch_init(c, candidates=300, factor=2)
-  c.relabel.mode = "online"
+  c.relabel.mode = "bssl_online"
   c.evaluate.student = {"arch": "resnet18", "kwargs": {"stem": "imagenet"}}
   c.evaluate.epochs = 300
   c.evaluate.lr, c.evaluate.cosine_eta = LR_ETA.get(ipc, LR_ETA[50])

@@ -50,7 +50,7 @@ import ml_collections
 import jdd
 from jdd import checkpoint, mesh as mesh_lib, reporting
 from jdd.data import load_classification
-from jdd.methods import infer, sre2l
+from jdd.methods import fadrm, infer, sre2l
 from jdd.stages import evaluate as evaluate_stage, recover as recover_stage, relabel, teachers
 from jdd.stages.context import (Budget, SimulatedInterruption, StageContext, Teacher,
                                 checkpointed_loop, make_keys)
@@ -60,6 +60,7 @@ from jdd.stages.teachers import load_teacher
 METHODS = {
     "sre2l": functools.partial(recover_stage.pixel_groups_stage, sre2l),
     "infer": infer.recover_stage,
+    "fadrm": fadrm.recover_stage,
 }
 
 __all__ = ["METHODS", "SimulatedInterruption", "Teacher", "load_teacher", "random_subset",

@@ -7,6 +7,18 @@ Every `eval_every` epochs it is scored on the validation split (carved from trai
 dataset has none) and on the test split. The reported number is the test top-1 at the epoch
 with the best *validation* top-1; the references' own protocol (the last epoch's test top-1)
 is reported beside it, labelled as such. Several evaluation seeds give mean and std.
+
+Two options FADRM's validate scripts need (defaults leave every other method's run unchanged,
+bit for bit, since they take the original code path):
+- `evaluate.grad_accum_steps` k > 1: each batch of b is fed as k consecutive micro-batches
+  (boundaries floor(i b / k), those of `jdd.labels.bssl.split_points`), the student's BN
+  normalising each with its own statistics and updating its running statistics k times; the
+  gradients of the micro-batch losses, each divided by k as the reference's
+  `loss / accumulation_steps` does, are summed into one optimiser update per batch. This is
+  what BSSL labels are made for: its teachers saw the same micro-batches.
+- `evaluate.cosine_eta` eta != 1: lr_e = lr0 * 0.5 (1 + cos(pi e / (E eta))), i.e. the cosine
+  of a run eta times as long, cut at E epochs (eta = 2 ends at half the initial rate). E * eta
+  must be a whole number of epochs.
 """
 
 from __future__ import annotations
@@ -15,18 +27,57 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from jdd import models, training
-from jdd.labels import fkd
+from jdd.labels import bssl, fkd
 from jdd.labels.source import LabelSource
 
 
 def _student_step(state, batch, rng, operands, *, model, optimizer, batch_fn, temperature,
-                  t_squared):
+                  t_squared, kd_step=training.kd_step):
   x, logits = batch_fn(operands, batch)
-  return training.kd_step(state, {"images": x, "teacher_logits": logits}, rng, model=model,
-                          optimizer=optimizer, temperature=temperature, t_squared=t_squared)
+  return kd_step(state, {"images": x, "teacher_logits": logits}, rng, model=model,
+                 optimizer=optimizer, temperature=temperature, t_squared=t_squared)
+
+
+def _accumulated_kd_step(state, batch, rng, *, model, optimizer, temperature, t_squared,
+                         num_splits: int):
+  """`training.kd_step` over `num_splits` micro-batches: one update from the summed
+  gradients of loss_i / k, BN statistics carried from chunk to chunk."""
+  del rng  # all randomness of a relabelled batch lives in its (epoch, batch) key
+  x, target = batch["images"], batch["teacher_logits"]
+  bounds = bssl.split_points(x.shape[0], num_splits)
+  stats, grads, losses = state.batch_stats, None, []
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    def loss_fn(params, stats=stats, lo=lo, hi=hi):
+      logits, new_stats = training._apply_train(model, state.replace(batch_stats=stats), params,
+                                                x[lo:hi])
+      return training.kd_loss(logits, target[lo:hi], temperature, t_squared), new_stats
+
+    (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    g = jax.tree.map(lambda v: v / num_splits, g)
+    grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+    losses.append(loss)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  return training.TrainState(optax.apply_updates(state.params, updates), stats, opt_state), {
+      "kd_loss": jnp.mean(jnp.stack(losses))}
+
+
+def _eta_config(ecfg):
+  """The optimiser config whose cosine spans E * eta epochs (`cosine_eta`, module docstring)."""
+  eta = float(ecfg.get("cosine_eta", 1.0))
+  if eta == 1.0:
+    return ecfg
+  span = int(ecfg.epochs) * eta
+  if eta < 1.0 or span != int(span):
+    raise ValueError(f"evaluate.cosine_eta={eta} must be >= 1 and make epochs * eta "
+                     f"({int(ecfg.epochs)} * {eta}) a whole number")
+  out = ml_collections.ConfigDict(ecfg.to_dict())
+  out.epochs = int(span)
+  return out
 
 
 def train_student(images_uint8: np.ndarray, *, source: LabelSource, data, ecfg, order_key,
@@ -44,11 +95,14 @@ def train_student(images_uint8: np.ndarray, *, source: LabelSource, data, ecfg, 
   student = models.build_model(ecfg.student.arch, data.num_classes,
                                **dict(ecfg.student.get("kwargs", {})))
   variables = models.init_variables(student, jax.random.key(seed), data.image_shape)
-  optimizer = training.make_optimizer(ecfg, s)
+  optimizer = training.make_optimizer(_eta_config(ecfg), s)
   state = training.init_state(variables, optimizer)
+  accum = int(ecfg.get("grad_accum_steps", 1))
+  kd = {} if accum == 1 else {"kd_step": functools.partial(_accumulated_kd_step,
+                                                            num_splits=accum)}
   step = jax.jit(functools.partial(
       _student_step, model=student, optimizer=optimizer, batch_fn=source.batch_fn,
-      temperature=float(ecfg.temperature), t_squared=bool(ecfg.t_squared)))
+      temperature=float(ecfg.temperature), t_squared=bool(ecfg.t_squared), **kd))
   predict = training.predict_fn(student)
   images = jnp.asarray(images_uint8)
   curve = []

@@ -26,7 +26,8 @@ Deliberate differences from the reference code:
 - no dropout: torchvision's MobileNetV2 (and AlexNet) drop activations in the reference's
   train-mode relabel, jdd's image models have no dropout layers, so only BN changes mode.
 The student side (gradient accumulation in micro-batches of b / num_splits, so its BN sees the
-same chunks) belongs to evaluation: `optax.MultiSteps(opt, num_splits)` over the chunks.
+same chunks) belongs to evaluation: `evaluate.grad_accum_steps` in
+jdd.evaluation.classification, one optimiser update per batch from the chunks' mean gradient.
 """
 
 from __future__ import annotations
@@ -73,12 +74,19 @@ def train_mode_logits(model, variables, x: jax.Array) -> jax.Array:
   return logits.astype(jnp.float32)
 
 
+def eval_mode_logits(model, variables, x: jax.Array) -> jax.Array:
+  return model.apply(variables, x, train=False).astype(jnp.float32)
+
+
 def bssl_logits(models: Sequence, teachers: Sequence, images: jax.Array, *, num_splits: int,
-                weights) -> jax.Array:
+                weights, train_mode: bool = True) -> jax.Array:
   """sum_m w_m * concat_i teacher_m(chunk_i) in train mode, float32 (b, C).
 
   `images` are exactly what should be labelled: already cropped, flipped and mixed.
+  `train_mode=False` (the Tiny FADRM IPC 50 script) uses the running statistics, for which the
+  chunking changes nothing.
   """
+  forward = train_mode_logits if train_mode else eval_mode_logits
   models, teachers = tuple(models), tuple(teachers)
   if len(models) != len(teachers):
     raise ValueError(f"got {len(models)} teacher models and {len(teachers)} variable sets")
@@ -86,13 +94,14 @@ def bssl_logits(models: Sequence, teachers: Sequence, images: jax.Array, *, num_
   weights = jnp.asarray(weights, jnp.float32)
   total = None
   for m, (model, variables) in enumerate(zip(models, teachers)):
-    out = jnp.concatenate([train_mode_logits(model, variables, images[lo:hi])
+    out = jnp.concatenate([forward(model, variables, images[lo:hi])
                            for lo, hi in zip(bounds[:-1], bounds[1:])], axis=0)
     total = weights[m] * out if total is None else total + weights[m] * out
   return total
 
 
-def make_relabel_fn(models: Sequence, *, cfg, mean, std, num_splits: int, weights):
+def make_relabel_fn(models: Sequence, *, cfg, mean, std, num_splits: int, weights,
+                    train_mode: bool = True):
   """(teachers, aug_key, epoch, batch, images_uint8) -> float16 BSSL logits, to be jitted.
 
   The augmentation is `fkd.augmented_batch`, so the student replays the very batch (crops,
@@ -101,15 +110,16 @@ def make_relabel_fn(models: Sequence, *, cfg, mean, std, num_splits: int, weight
 
   def fn(teachers, aug_key, epoch, batch, images_uint8):
     x = fkd.augmented_batch(aug_key, epoch, batch, images_uint8, cfg=cfg, mean=mean, std=std)
-    return bssl_logits(models, teachers, x, num_splits=num_splits,
-                       weights=weights).astype(jnp.float16)
+    return bssl_logits(models, teachers, x, num_splits=num_splits, weights=weights,
+                       train_mode=train_mode).astype(jnp.float16)
 
   return fn
 
 
 def compute_soft_labels(models: Sequence, teachers: Sequence, images_uint8: np.ndarray, *,
                         epochs: int, batch_size: int, order_key, aug_key, cfg, mean, std,
-                        num_splits: int = 2, weights=None, progress=None) -> np.ndarray:
+                        num_splits: int = 2, weights=None, train_mode: bool = True,
+                        progress=None) -> np.ndarray:
   """BSSL logits for every (epoch, batch) of student training: (E, S, b, C) float16.
 
   Same batch order (`fkd.batch_indices`) and augmentation keys as FKD labels, so evaluation
@@ -118,7 +128,7 @@ def compute_soft_labels(models: Sequence, teachers: Sequence, images_uint8: np.n
   """
   weights = mixture_weights(len(models)) if weights is None else np.asarray(weights, np.float32)
   relabel = jax.jit(make_relabel_fn(models, cfg=cfg, mean=mean, std=std, num_splits=num_splits,
-                                weights=weights))
+                                    weights=weights, train_mode=train_mode))
   teachers = tuple(teachers)
   images = jnp.asarray(images_uint8)
   out = []

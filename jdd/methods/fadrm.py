@@ -37,6 +37,14 @@ the images by that crop's score, and keep the best ipc * f^2. With `factor` f > 
 are tiled f x f (row-major, in rank order, each downsized to D/f) into one patch, RDED's mosaic;
 f = 1 gives one crop per patch. Scoring uses the first teacher of the list.
 
+Driver stage (`recover_stage`, registered as METHODS['fadrm'] in jdd.run): patches selected once
+(cached in W/recover_rounds/patches.npy, recorded in W/export/patch_init.json), then the groups
+in rounds of `recover.groups_per_step`, each one checkpointed loop over the global step that
+enters a new stage (ARC merge + fresh Adam) on the stage's first step. A checkpoint saved at
+step L holds images at the resolution of stage_at(L - 1), so the restore template is built at
+that resolution. FADRM and FADRM+ are the same stage: `config.teacher_names` lists one teacher
+or M, cycled in that order.
+
 Deliberate differences from the reference code (§5.7):
 - every draw is keyed (the reference seeds nothing); group g's augmentation at step t comes
   from fold_in(fold_in(key, t), g), as in jdd's SRe2L;
@@ -50,6 +58,8 @@ Deliberate differences from the reference code (§5.7):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,9 +69,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdd.data import augment
+from jdd import checkpoint, mesh as mesh_lib
+from jdd.data import augment, normalize
 from jdd.methods import sre2l
 from jdd.objectives import bn_statistics_loss_from_collection
+from jdd.stages import teachers as teachers_lib
+from jdd.stages.context import DistilledSet, StageContext
+from jdd.stages.recover import export_dir, save_grid
 
 # Shared with SRe2L: class blocks per group and the uint8 export.
 group_targets = sre2l.group_targets
@@ -369,3 +383,155 @@ def arrange_patches(class_patches: np.ndarray, targets: np.ndarray) -> np.ndarra
   blocks = num_classes // targets.shape[1]
   slot = (np.arange(len(targets)) // blocks)[:, None]
   return np.asarray(class_patches)[targets, np.broadcast_to(slot, targets.shape)]
+
+
+# ------------------------------------------------------------------------ driver stage
+
+
+def select_patches(ctx: StageContext, teacher, ipc: int) -> tuple[np.ndarray, dict]:
+  """(C, ipc, H, W, ch) normalised real patches scored by `teacher`, and their record.
+
+  Candidates are `recover.init.candidates_per_class` training images per class (0: the minimum,
+  ipc * factor^2, so nothing is ranked away) drawn with fold_in(recover_init, 0); the crops of
+  class c use fold_in(fold_in(recover_init, 1), c). A streamed training split (ImageNet) gives
+  its first N images per class instead of a keyed draw.
+  """
+  config, data = ctx.config, ctx.data
+  ic = config.recover.init
+  if ic.method != "patches":
+    raise ValueError(f"recover.init.method={ic.method!r}: FADRM starts from real patches "
+                     "('patches')")
+  factor, crops = int(ic.factor), int(ic.crops_per_image)
+  per_class = int(ic.candidates_per_class) or ipc * factor * factor
+  base = ctx.keys["recover_init"]
+  if hasattr(data.train, "images"):
+    cand = candidate_indices(jax.random.fold_in(base, 0), data.train.labels, data.num_classes,
+                             per_class)
+    pool = data.train.images[cand.reshape(-1)].reshape(cand.shape + tuple(data.image_shape))
+    source = "train split, keyed draw without replacement per class (fold_in(recover_init, 0))"
+  else:
+    pool = data.train.take_per_class(per_class, data.num_classes).images.reshape(
+        (data.num_classes, per_class) + tuple(data.image_shape))
+    cand = None
+    source = "train split, first N images of each class in record order (streamed)"
+  select = jax.jit(functools.partial(
+      select_class_patches, model=teacher.model, ipc=ipc, crops_per_image=crops, factor=factor,
+      crop_scale=tuple(float(x) for x in ic.crop_scale)))
+  crop_key = jax.random.fold_in(base, 1)
+  patches, classes = [], []
+  for c in range(data.num_classes):
+    x = normalize(jnp.asarray(pool[c]), data.mean, data.std)
+    out = jax.device_get(select(jax.random.fold_in(crop_key, c), x, c, teacher.variables))
+    patches.append(np.asarray(out["patches"], np.float32))
+    chosen = np.asarray(out["image_index"])
+    classes.append({
+        "class": c, "candidate_index": chosen.tolist(),
+        "train_indices": cand[c][chosen].tolist() if cand is not None else None,
+        "crop_index": np.asarray(out["crop_index"]).tolist(),
+        "ce": [round(float(v), 6) for v in np.asarray(out["ce"])]})
+  record = {"method": "teacher-scored real crops (RDED-style; see jdd.methods.fadrm)",
+            "scored_by": teacher.name, "seed": int(config.seed),
+            "key": "fold_in(key(seed), 1) (recover_init)", "source": source,
+            "candidates_per_class": per_class, "crops_per_image": crops, "factor": factor,
+            "crop_scale": list(ic.crop_scale), "classes": classes}
+  return np.stack(patches), record
+
+
+def _patch_summary(record: dict) -> dict:
+  out = {k: v for k, v in record.items() if k != "classes"}
+  out["per_class"] = "export/patch_init.json (chosen images, crops and their teacher CE)"
+  return out
+
+
+def restore_template(patches: jax.Array, hp: RecoverHParams, saved_step: int | None):
+  """A state shaped like the checkpoint at `saved_step`: its images have the resolution of the
+  stage the last executed step (saved_step - 1) ran in, not the first stage's."""
+  state = init(patches, hp)
+  if saved_step:
+    stage = stage_at(stage_schedule(hp.resolutions, hp.budgets), int(saved_step) - 1)
+    if stage.index:
+      state = enter_stage(state, hp, stage).replace(step=jnp.asarray(saved_step, jnp.int32))
+  return state
+
+
+def _manifest_extra(hp: RecoverHParams, names: Sequence[str], record: dict) -> dict:
+  schedule = stage_schedule(hp.resolutions, hp.budgets)
+  return {"fadrm": {
+      "variant": "FADRM+" if len(names) > 1 else "FADRM",
+      "round_robin_teachers": list(names),
+      "stages": [{"index": s.index, "start": s.start, "stop": s.stop,
+                  "resolution": s.resolution} for s in schedule],
+      "alpha": hp.alpha, "lr": hp.lr, "compute_dtype": hp.compute_dtype,
+      "optimizer": "Adam(0.5, 0.9) re-initialised per stage, one global cosine",
+      "patch_init": _patch_summary(record)}}
+
+
+def recover_stage(ctx: StageContext) -> DistilledSet:
+  """Real patches -> multi-stage data residual matching -> W/export (images.npy last)."""
+  config, data, mesh, workdir = ctx.config, ctx.data, ctx.mesh, ctx.workdir
+  rc = config.recover
+  edir = export_dir(workdir)
+  teachers = teachers_lib.ordered(ctx)   # FADRM+: teacher (t mod M) at global step t
+  names = [t.name for t in teachers]
+  hp = hparams_from_config(rc, data.mean, data.std)
+  init_path = os.path.join(edir, "patch_init.json")
+  if os.path.exists(os.path.join(edir, "images.npy")):
+    print("[recover] distilled images already exported: skipped", flush=True)
+    return DistilledSet(np.load(os.path.join(edir, "images.npy")),
+                        np.load(os.path.join(edir, "labels.npy")),
+                        extra=_manifest_extra(hp, names, checkpoint.read_json(init_path)))
+  ipc = int(rc.ipc)
+  targets = group_targets(data.num_classes, int(rc.classes_per_batch), ipc)
+  rounds_dir = os.path.join(workdir, "recover_rounds")
+  patch_path = os.path.join(rounds_dir, "patches.npy")
+  if os.path.exists(patch_path) and os.path.exists(init_path):
+    class_patches, record = np.load(patch_path), checkpoint.read_json(init_path)
+  else:
+    print(f"[recover] selecting {ipc} real patches per class, scored by {names[0]}", flush=True)
+    class_patches, record = select_patches(ctx, teachers[0], ipc)
+    checkpoint.atomic_write_json(init_path, record)
+    checkpoint.atomic_save_npy(patch_path, class_patches)
+  arranged = arrange_patches(class_patches, targets)          # (G, B, H, W, ch)
+  schedule = stage_schedule(hp.resolutions, hp.budgets)
+  print(f"[recover] {'FADRM+' if len(names) > 1 else 'FADRM'}: stages "
+        f"{[(s.resolution, s.stop - s.start) for s in schedule]}, teachers {names}", flush=True)
+  variables = tuple(mesh_lib.replicate(t.variables, mesh) for t in teachers)
+  jitted = jax.jit(functools.partial(step, models=tuple(t.model for t in teachers), hp=hp))
+
+  def step_fn(state, batch, rng):
+    stage = stage_at(schedule, int(state.step))
+    if int(state.stage) != stage.index:
+      state = enter_stage(state, hp, stage)
+    return jitted(state, batch, rng, variables)
+
+  num_groups = len(targets)
+  per_round = min(int(rc.groups_per_step), num_groups)
+  finished = []
+  for r, start in enumerate(range(0, num_groups, per_round)):
+    out = os.path.join(rounds_dir, f"round{r:05d}.npy")
+    if not os.path.exists(out):
+      group_ids = np.arange(start, min(start + per_round, num_groups), dtype=np.int32)
+      batch = {"targets": mesh_lib.shard(jnp.asarray(targets[group_ids]), mesh),
+               "group_ids": mesh_lib.shard(jnp.asarray(group_ids), mesh)}
+      name = f"recover_round{r:05d}"
+      probe = checkpoint.StageCheckpointer(workdir, name)
+      saved = probe.latest_step()
+      probe.close()
+      state = restore_template(mesh_lib.shard(jnp.asarray(arranged[group_ids]), mesh), hp, saved)
+      state = ctx.loop(name, state, step_fn, lambda i, b=batch: b, hp.iterations,
+                       ctx.keys["recover"])
+      images = state.images
+      if images.shape[2:4] != tuple(data.image_shape[:2]):  # a last stage below full size
+        images = resize(images, data.image_shape[0])
+      checkpoint.atomic_save_npy(out, to_uint8(jax.device_get(images), data.mean, data.std))
+    finished.append(np.load(out))
+  # Class-major: image i of class c at c * ipc + i.
+  groups = np.concatenate(finished)
+  labels = np.asarray(targets).reshape(-1)
+  images = groups.reshape(-1, *groups.shape[2:])
+  order = np.argsort(labels, kind="stable")
+  images, labels = images[order], labels[order].astype(np.int32)
+  checkpoint.atomic_save_npy(os.path.join(edir, "labels.npy"), labels)
+  save_grid(ctx, images, ipc, hp.iterations)
+  checkpoint.atomic_save_npy(os.path.join(edir, "images.npy"), images)  # last: marks done
+  return DistilledSet(images, labels, extra=_manifest_extra(hp, names, record))

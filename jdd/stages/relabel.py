@@ -4,10 +4,14 @@
     'online'   FKD labels, the teachers run during student training (nothing stored)
     'static'   INFER: one teacher-ensemble logit vector per image -> <dir>/soft_labels.npy
     'dynamic'  INFER: the teacher ensemble online on every augmented batch (nothing stored)
+    'bssl'     FADRM: BSSL logits per (epoch, batch), teachers in train mode on the student's
+               `relabel.num_splits` micro-batches, mixed by `relabel.teacher_weights`, float16
+                                                                  -> <dir>/soft_labels.npy
+    'bssl_online'  the same labels computed during student training (nothing stored)
 
 With several teachers every mode uses all of them, their logits averaged. A stored file is the
 stage's marker: it exists only when complete (atomic write), so a rerun skips it. A new label
-kind (e.g. FADRM's BSSL) is one more entry in `BUILDERS`.
+kind is one more entry in `BUILDERS`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdd import checkpoint, reporting
-from jdd.labels import fkd, infer as infer_labels
+from jdd.labels import bssl as bssl_lib, fkd, infer as infer_labels
 from jdd.labels.source import Ensemble, LabelSource
 from jdd.stages import teachers as teachers_lib
 from jdd.stages.context import StageContext
@@ -111,8 +115,75 @@ def infer_dynamic(ctx, name, images, out_dir) -> LabelSource:
                  "augmented batch, logits averaged (no label bytes)")
 
 
+def _bssl_setup(ctx: StageContext):
+  """(models, variables, weights, num_splits, train_mode) of the BSSL mixture; refuses a
+  student whose gradient-accumulation micro-batches differ from the labelling chunks."""
+  rc, ec = ctx.config.relabel, ctx.config.evaluate
+  splits = int(rc.get("num_splits", 2))
+  accum = int(ec.get("grad_accum_steps", 1))
+  if accum != splits:
+    raise ValueError(f"relabel.num_splits={splits} but evaluate.grad_accum_steps={accum}: BSSL "
+                     "labels each micro-batch of the student separately, so they must be equal")
+  ts = label_teachers(ctx)
+  weights = bssl_lib.mixture_weights(len(ts), tuple(rc.get("teacher_weights") or ()) or None)
+  return (tuple(t.model for t in ts), tuple(t.variables for t in ts), weights, splits,
+          bool(rc.get("train_mode", True)))
+
+
+def _bssl_description(ts, weights, splits, train_mode, where) -> str:
+  mode = "train-mode" if train_mode else "eval-mode"
+  return (f"bssl {where}: {mode} teachers {[t.name for t in ts]} on {splits} micro-batches per "
+          f"batch, logits mixed with weights {[round(float(w), 6) for w in weights]}; crops, "
+          "flips and CutMix re-derived from the seed")
+
+
+def bssl_stored(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+  models, variables, weights, splits, train_mode = _bssl_setup(ctx)
+  path = os.path.join(out_dir, "soft_labels.npy")
+  if os.path.exists(path):
+    print(f"[relabel:{name}] BSSL labels exist: skipped", flush=True)
+    soft = np.load(path)
+  else:
+    epochs = int(ctx.config.evaluate.epochs)
+    batch = int(min(ctx.config.evaluate.batch_size, len(images)))
+    progress = reporting.Progress(f"relabel:{name}", epochs, every=max(1, epochs // 5))
+    soft = bssl_lib.compute_soft_labels(
+        models, variables, images, epochs=epochs, batch_size=batch,
+        order_key=ctx.keys["relabel_order"], aug_key=ctx.keys["relabel_aug"],
+        cfg=ctx.config.relabel, mean=ctx.data.mean, std=ctx.data.std, num_splits=splits,
+        weights=weights, train_mode=train_mode, progress=progress)
+    checkpoint.atomic_save_npy(path, soft)
+  aug = _fkd_augment(ctx)
+  aug_key = ctx.keys["relabel_aug"]
+
+  def batch_fn(operands, batch):
+    del operands
+    return aug(aug_key, batch["epoch"], batch["k"], batch["images"]), batch["teacher_logits"]
+
+  return LabelSource(
+      "bssl", batch_fn,
+      host_fields=lambda e, k, idx: {"teacher_logits": jnp.asarray(soft[e, k])}, files=(path,),
+      description=_bssl_description(label_teachers(ctx), weights, splits, train_mode,
+                                    "stored: logits per (epoch, batch), float16"))
+
+
+def bssl_online(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+  del name, images, out_dir
+  models, variables, weights, splits, train_mode = _bssl_setup(ctx)
+  aug = _fkd_augment(ctx)
+  aug_key = ctx.keys["relabel_aug"]
+
+  def batch_fn(operands, batch):
+    x = aug(aug_key, batch["epoch"], batch["k"], batch["images"])
+    return x, bssl_lib.bssl_logits(models, operands, x, num_splits=splits, weights=weights,
+                                   train_mode=train_mode)
+
+  return LabelSource("bssl_online", batch_fn, operands=variables, description=_bssl_description(
+      label_teachers(ctx), weights, splits, train_mode, "online (no label bytes)"))
+
+
 BUILDERS = {"stored": fkd_stored, "online": fkd_online, "static": infer_static,
-            "dynamic": infer_dynamic}
+            "dynamic": infer_dynamic, "bssl": bssl_stored, "bssl_online": bssl_online}
 
 
 def label_source(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
