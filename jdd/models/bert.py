@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdd.convert import CheckpointMismatchError, convert_state_dict
 from jdd.models.torch_names import default_torch_key
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -340,20 +341,18 @@ def prepare_hf_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str, np.n
   return out, info
 
 
-class BertCheckpointError(ValueError):
+class BertCheckpointError(CheckpointMismatchError):
   """The checkpoint does not fit the config; the message names every offending key."""
 
   def __init__(self, missing, unexpected, misshaped):
-    self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
-    lines = ["BERT checkpoint does not fit its config.json:"]
-    for title, items in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
-                         ("mis-shaped keys", [f"{k} expected {e} got {g}"
-                                              for k, e, g in self.misshaped])):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
-                     + (f", ... (+{len(items) - 20})" if len(items) > 20 else ""))
-    lines.append("  check num_hidden_layers / hidden_size / vocab_size in config.json")
-    super().__init__("\n".join(lines))
+    super().__init__("bert", missing, unexpected, misshaped)
+    self.args = (str(self).replace(
+        "check --arch, --num-classes and the model kwargs (e.g. stem, width_mult), and --naming "
+        "for the layout the checkpoint was saved in.",
+        "check num_hidden_layers / hidden_size / vocab_size in config.json"),)
+
+  def __str__(self):
+    return self.args[0]
 
 
 def param_template(config: BertConfig, add_pooler: bool) -> dict:
@@ -363,45 +362,13 @@ def param_template(config: BertConfig, add_pooler: bool) -> dict:
   return jax.eval_shape(lambda: {"params": model.init(jax.random.key(0), ids)["params"]})
 
 
-def _flatten(tree, prefix=()):
-  if isinstance(tree, Mapping):
-    for k, v in tree.items():
-      yield from _flatten(v, prefix + (k,))
-  else:
-    yield prefix, tree
-
-
 def variables_from_state_dict(config: BertConfig, state_dict: Mapping[str, np.ndarray],
                               add_pooler: bool) -> dict:
-  """Strict numpy-only conversion of a prepared state dict to {'params': ...} (no torch).
-
-  The same key and layout rule as `third_party.torch_to_flax.convert_state_dict` (which the
-  command-line converter uses); kept here because jdd itself must not depend on third_party.
-  """
-  flat, missing, misshaped, used = {}, [], [], set()
-  for path, leaf in _flatten(param_template(config, add_pooler)):
-    key = torch_key(path)
-    if key not in state_dict:
-      missing.append(key)
-      continue
-    used.add(key)
-    value = np.asarray(state_dict[key])
-    if path[-1] == "kernel":
-      value = value.T  # torch Linear (out, in) -> Flax Dense (in, out)
-    if tuple(value.shape) != tuple(leaf.shape):
-      misshaped.append((key, tuple(leaf.shape), tuple(value.shape)))
-      continue
-    flat[path] = value.astype(leaf.dtype)
-  unexpected = sorted(set(state_dict) - used)
-  if missing or unexpected or misshaped:
-    raise BertCheckpointError(missing, unexpected, misshaped)
-  root: dict = {}
-  for path, value in flat.items():
-    node = root
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = value
-  return root
+  """Strict conversion of a prepared state dict to {'params': ...} (numpy, no torch)."""
+  try:
+    return convert_state_dict(param_template(config, add_pooler), state_dict, torch_key, "bert")
+  except CheckpointMismatchError as e:
+    raise BertCheckpointError(e.missing, e.unexpected, e.misshaped) from None
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -1,7 +1,7 @@
 """Flax variable paths <-> PyTorch state-dict keys, for converting third-party weights.
 
 jdd's modules are named after their PyTorch originals so that conversion is a mechanical rename
-(the converter itself lives in `third_party/torch_to_flax.py`, jdd never imports torch). The rule:
+(the strict converter is `jdd/convert.py`, numpy only; the torch-side CLIs are in `third_party/`). The rule:
 a Flax path ('params', 'layer1_0', 'conv1', 'kernel') becomes the torch key 'layer1.0.conv1.weight'
 by joining the module names with '.', turning every `_<digits>` inside a module name into
 `.<digits>` (torch's numeric Sequential/ModuleList indices), and renaming the leaf:
