@@ -43,7 +43,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jdd import checkpoint, reporting
-from jdd.evaluation.retrieval import make_train_step
+from jdd.evaluation.retrieval import compiled_train_step
 from jdd.models.retrieval import RetrievalModel
 
 MODALITIES = ("image", "text")
@@ -148,8 +148,7 @@ class ExpertStore:
 
 
 def _describe(tree) -> list:
-  leaves, treedef = jax.tree.flatten_with_path(tree)[0], None
-  del treedef
+  leaves = jax.tree.flatten_with_path(tree)[0]
   return [["/".join(str(getattr(k, "key", k)) for k in path), list(np.shape(x))]
           for path, x in leaves]
 
@@ -198,9 +197,9 @@ def train_experts(model: RetrievalModel, backbone_variables: dict, images: np.nd
        "inputs": "frozen-backbone features of un-augmented images" if features else "pixels"})
   shard_i, shard_n = parse_shard(cfg.shard)
   frozen = None if model.train_backbone else backbone_variables
-  opt, step = make_train_step(model, loss="infonce", features=features,
-                              weight_decay=float(cfg.weight_decay), momentum=float(cfg.momentum))
-  step = jax.jit(step)
+  opt, step = compiled_train_step(model, loss="infonce", features=features,
+                                  weight_decay=float(cfg.weight_decay),
+                                  momentum=float(cfg.momentum))
   n = len(texts)
   b = int(cfg.batch_size)
   if n < b:

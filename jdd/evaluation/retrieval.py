@@ -100,6 +100,28 @@ def make_train_step(model: RetrievalModel, *, loss: str, features: bool, weight_
   return opt, step
 
 
+_COMPILED: dict = {}
+
+
+def _cached(kind: str, model: RetrievalModel, build, **kw):
+  """One jitted function per (model object, settings): every evaluation seed, baseline set and
+  expert reuses the compilation instead of re-jitting a fresh closure per call."""
+  key = (kind, id(model), tuple(sorted(kw.items())))
+  hit = _COMPILED.get(key)
+  if hit is None or hit[0] is not model:
+    hit = (model, build(model, **kw))
+    _COMPILED[key] = hit
+  return hit[1]
+
+
+def compiled_train_step(model: RetrievalModel, **kw):
+  """`make_train_step` with the step jitted, cached per model and settings: (opt, step)."""
+  def build(m, **k):
+    opt, step = make_train_step(m, **k)
+    return opt, jax.jit(step)
+  return _cached("train_step", model, build, **kw)
+
+
 def make_embedders(model: RetrievalModel, *, features: bool):
   """Jitted (image, text) embedding functions; build once per model, reuse at every eval point."""
   img_fn = jax.jit(lambda p, f, x: model.image_embed(p, f, x, features=features))
@@ -145,10 +167,10 @@ def train_and_score(model: RetrievalModel, backbone_variables: dict, pairs: Pair
   key = jax.random.fold_in(jax.random.key(int(seed)), 0)
   frozen = None if model.train_backbone else backbone_variables
   params = model.init(jax.random.fold_in(key, 0), backbone_variables, pairs.texts.shape[-1])
-  opt, step = make_train_step(model, loss=str(cfg.loss), features=features,
-                              weight_decay=float(cfg.weight_decay), momentum=float(cfg.momentum))
-  step = jax.jit(step)
-  embedders = make_embedders(model, features=features)
+  opt, step = compiled_train_step(model, loss=str(cfg.loss), features=features,
+                                  weight_decay=float(cfg.weight_decay),
+                                  momentum=float(cfg.momentum))
+  embedders = _cached("embedders", model, make_embedders, features=features)
   opt_state = opt.init(params)
   n = len(pairs.texts)
   b = min(int(cfg.batch_size), n)
