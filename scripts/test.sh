@@ -3,14 +3,16 @@
 # `bash scripts/test.sh --all` also runs the tests marked `slow`: parity and squeeze of the
 # full-size DenseNet-121, EfficientNet-B0, ResNet-101, MobileNetV2 x1.0 and ShuffleNetV2 x1.0
 # (minutes of XLA compilation each on 2 cores; the default run covers the same modules at
-# reduced width or depth) and the RepBlend end-to-end smoke with its bit-exact resume.
+# reduced width or depth), the RepBlend end-to-end smoke with its bit-exact resume, the
+# quickstart and image-text notebooks and the trajectory-matching benchmark's parity check.
+# Both print the 25 slowest tests, so the CI log shows where the time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 . .venv/bin/activate
 export JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=3
 if [ "${1:-}" = "--all" ]; then
-  python -m pytest -q tests
+  python -m pytest -q --durations=25 tests
 else
-  python -m pytest -q -m "not slow" tests
+  python -m pytest -q --durations=25 -m "not slow" tests
 fi

@@ -175,18 +175,34 @@ def test_densenet121_torchvision_parity():
   assert n_bn == 1 + 2 * (6 + 12 + 24 + 16) + 3 + 1
 
 
-def test_densenet_small_torchvision_parity_and_legacy_keys():
-  """Small config; also the `norm.1`-style keys of torchvision's downloadable .pth files."""
+def _small_densenet():
   cfg = dict(growth_rate=8, block_config=(2, 3, 2, 2), num_init_features=16)
-  torch_model = randomise(torchvision.models.DenseNet(**cfg, num_classes=10), seed=3)
-  model = build_model("densenet121", 10, **cfg)
+  return randomise(torchvision.models.DenseNet(**cfg, num_classes=10), seed=3), \
+      build_model("densenet121", 10, **cfg)
+
+
+def test_densenet_legacy_keys_convert_like_current_keys():
+  """The `norm.1`-style keys of torchvision's downloadable .pth files give the same variables."""
+  torch_model, model = _small_densenet()
+  current = state_dict_numpy(torch_model)
   legacy = {k.replace("norm1", "norm.1").replace("norm2", "norm.2")
-            .replace("conv1", "conv.1").replace("conv2", "conv.2"): v
-            for k, v in state_dict_numpy(torch_model).items()}
+            .replace("conv1", "conv.1").replace("conv2", "conv.2"): v for k, v in current.items()}
   assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
   template = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), (64, 64, 3)))
-  variables = jax.tree.map(jnp.asarray, convert_state_dict(
-      template, legacy, torch_key_fn("densenet121", "torchvision_legacy"), "densenet121"))
+  got = convert_state_dict(template, legacy, torch_key_fn("densenet121", "torchvision_legacy"),
+                           "densenet121")
+  want = convert_state_dict(template, current, torch_key_fn("densenet121", "torchvision"),
+                            "densenet121")
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+# About as costly as the full-size nets on 2 cores (torch float64 reference of 64 px DenseNet
+# features): `slow`; the default run covers the module through the CIFAR variant below.
+@pytest.mark.slow
+def test_densenet_small_torchvision_parity():
+  torch_model, model = _small_densenet()
+  variables = convert(torch_model, model, (64, 64, 3), torch_key_fn("densenet121", "torchvision"),
+                      "densenet121")
   assert check_parity(torch_model, model, variables, image_hw=64, batch=4) == 1 + 2 * 9 + 3 + 1
 
 

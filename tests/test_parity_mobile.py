@@ -212,16 +212,6 @@ def _parity(make_torch, arch, kwargs, image_hw, naming="torchvision", num_classe
                       num_classes=num_classes)
 
 
-# Known XLA-CPU numerics problem (jax/jaxlib 0.10.2), not a model error: for these draws the
-# *jitted* float32 input gradient of the harness is 0.6-7 % off torch, while the same jdd model
-# run eagerly (jax_disable_jit) passes, and float64 jdd matches torch float64 to 1e-5. For
-# MobileNetV2 x0.25 and ShuffleNetV2 x0.5 (train mode) XLA_FLAGS=--xla_cpu_use_fusion_emitters=false
-# removes the error; MobileNetV2 x1.0 (eval-mode gradient, 1.5 %) is not fixed by that flag.
-# The forward (logits, every BN-input statistic) passes at 1e-4 in all of them.
-XLA_JIT_NUMERICS = pytest.mark.xfail(
-    strict=False, reason="jitted float32 XLA-CPU gradient loses precision here; eager jdd passes")
-
-
 def _no_dropout(model):
   model.classifier[0].p = 0.0
   return model
@@ -230,8 +220,7 @@ def _no_dropout(model):
 # torchvision nets downsample 32x: 64x64 with batch 4 leaves a 2x2 final map, 16 values per
 # channel, the least that keeps train-mode statistics well conditioned.
 @pytest.mark.parametrize("width_mult", [
-    pytest.param(0.25, marks=XLA_JIT_NUMERICS),
-    pytest.param(1.0, marks=[pytest.mark.slow, XLA_JIT_NUMERICS])])
+    0.25, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_torchvision_mobilenet_v2_parity(width_mult):
   make = lambda: _no_dropout(torchvision.models.mobilenet_v2(num_classes=10,
                                                              width_mult=width_mult))
@@ -240,7 +229,7 @@ def test_torchvision_mobilenet_v2_parity(width_mult):
 
 
 @pytest.mark.parametrize("arch", [
-    pytest.param("shufflenet_v2_x0_5", marks=XLA_JIT_NUMERICS),
+    "shufflenet_v2_x0_5",
     pytest.param("shufflenet_v2_x1_0", marks=pytest.mark.slow)])
 def test_torchvision_shufflenet_v2_parity(arch):
   make = lambda: getattr(torchvision.models, arch)(num_classes=10)

@@ -138,13 +138,16 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
                                  err_msg=f"{mode} BN input mean #{i}")
       np.testing.assert_allclose(jv, tv, rtol=bn_tol, atol=bn_tol * max(np.abs(tv).max(), 1e-3),
                                  err_msg=f"{mode} BN input var #{i}")
-    if train:
-      t64 = torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(), targets, True)
+    # The input gradient can be ill-conditioned (train-mode statistics over few values, deep
+    # nets): torch float32 itself is then off its float64 value by more than grad_tol. The
+    # reference is then torch float64, with a tolerance of twice torch float32's own error.
+    # Train mode always takes that path; eval mode only when the float32 comparison fails.
+    scale32 = max(np.abs(t["grad"]).max(), 1e-12)
+    if train or np.abs(j["grad"] - t["grad"]).max() > grad_tol * scale32:
+      t64 = torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(), targets, train)
       scale = np.abs(t64["grad"]).max()
       torch_err = np.abs(t["grad"] - t64["grad"]).max() / scale
       assert_rel(j["grad"], t64["grad"], max(grad_tol, 2 * torch_err),
-                 f"train input gradient vs torch float64 (torch float32 err {torch_err:.2g})")
-    else:
-      assert_rel(j["grad"], t["grad"], grad_tol, f"{mode} input gradient")
+                 f"{mode} input gradient vs torch float64 (torch float32 err {torch_err:.2g})")
     n_bn = len(t["bn_mean"])
   return n_bn

@@ -114,7 +114,7 @@ def standardise(kernel: jax.Array, gain: jax.Array, gamma: float, eps: float) ->
   mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
   var = jnp.mean(jnp.square(kernel - mean), axis=(0, 1, 2), keepdims=True)
   scale = gain * (gamma * fan_in ** -0.5)
-  return (kernel - mean) * lax.rsqrt(var + eps) * scale
+  return (kernel - mean) / jnp.sqrt(var + eps) * scale   # exact, unlike XLA-CPU's fused rsqrt
 
 
 def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
