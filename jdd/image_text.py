@@ -201,6 +201,9 @@ def image_encoder(config, workdir, data, texts, keys, writer, budget):
   variables = {"params": state["params"]["image"]}
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.abspath(os.path.join(edir, "variables")), variables, force=True)
+  # The text head too: EDGE's offline loss CLIP is this image/text pair (jdd.edge_pipeline).
+  ckptr.save(os.path.abspath(os.path.join(edir, "text_head")), {"params": state["params"]["text"]},
+             force=True)
   ckptr.wait_until_finished()
   checkpoint.atomic_write_json(os.path.join(edir, "card.json"),
                                {**expect, "pretrain": dict(pc), "parameters":

@@ -86,14 +86,14 @@ def _baseline_ipc(config) -> int:
 
 
 # Image-text methods run the image-text driver (caption data, experts, retrieval evaluation).
-IMAGE_TEXT_METHODS = ("experts", "mttvl", "lors", "repblend")
+IMAGE_TEXT_METHODS = ("experts", "mttvl", "lors", "repblend", "edge")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of `config` in `workdir` (resuming) and returns the results dict."""
   if config.method in IMAGE_TEXT_METHODS:
-    from jdd import image_text
-    return image_text.run(config, workdir)
+    from jdd import edge_pipeline, image_text  # EDGE: the image-text stages plus its own
+    return (edge_pipeline if config.method == "edge" else image_text).run(config, workdir)
   if config.method not in METHODS:
     raise ValueError(f"config.method={config.method!r} is not one of "
                      f"{sorted(METHODS) + list(IMAGE_TEXT_METHODS)}")

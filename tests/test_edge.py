@@ -227,3 +227,24 @@ def test_ddim_sampling_with_guidance(setup):
     e_c = StubUNet().apply(stub_vars, x, t, context)
     x = edge.sched.ddim_step(cfg, acp, 3, e_u + 3.0 * (e_c - e_u), jnp.int32(t), x)
   np.testing.assert_allclose(z, x, rtol=1e-5, atol=1e-5)
+
+
+def test_ddpm_pretrain_step_drops_captions_to_the_null_context(setup):
+  """p_uncond = 1 must train exactly as if every caption were the null context; p_uncond = 0
+  uses the captions (a different loss)."""
+  import optax
+  models, unet_vars, *_ = setup
+  rs = np.random.RandomState(0)
+  shape = (3, 8, 8, 4)
+  batch = {"mean": rs.randn(*shape).astype(np.float32),
+           "logvar": np.full(shape, -4.0, np.float32),
+           "context": rs.randn(3, 1, 16).astype(np.float32),
+           "null": np.zeros((1, 1, 16), np.float32)}
+  opt = optax.sgd(0.1)
+  step = jax.jit(lambda b, p_uncond: edge.ddpm_pretrain_step(
+      unet_vars, opt.init(unet_vars), b, jax.random.key(3), unet=models.unet,
+      schedule=models.schedule, opt=opt, scaling_factor=0.5, p_uncond=p_uncond)[2]["loss"],
+      static_argnums=1)
+  nulled = {**batch, "context": np.zeros_like(batch["context"])}
+  np.testing.assert_allclose(step(batch, 1.0), step(nulled, 0.0), rtol=1e-6)
+  assert abs(float(step(batch, 0.0)) - float(step(nulled, 0.0))) > 1e-6

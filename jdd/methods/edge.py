@@ -329,3 +329,45 @@ def sample_pairs(unet_vars, frozen, captions: Sequence[str],
     imgs = fn(unet_vars, frozen, ids, uncond, jax.random.fold_in(base, k))
     out.append(np.asarray(imgs)[:len(chunk)])
   return np.concatenate(out, axis=0), prompts, idx
+
+
+# ------------------------------------------------------------- offline pretraining (jdd's own)
+# EDGE starts from SD-1.5; offline, jdd trains a small VAE and U-Net from scratch first. These
+# are the textbook objectives (not from the EDGE code): the VAE's L1 reconstruction plus a small
+# KL term (SD's autoencoder recipe without its perceptual and adversarial terms), and the DDPM
+# noise-prediction loss with caption dropout for classifier-free guidance.
+
+
+def vae_pretrain_step(params, opt_state, images: jax.Array, rng: jax.Array, *, vae,
+                      opt: optax.GradientTransformation, kl_weight: float):
+  """One step of L1(x, decode(z)) + kl_weight KL(q(z|x) || N(0, I)), z ~ q(z|x)."""
+  def loss_of(p):
+    mean, logvar = vae.apply(p, images, method="encode")
+    rec = vae.apply(p, sample_posterior(rng, mean, logvar), method="decode")
+    l1 = jnp.mean(jnp.abs(rec - images))
+    kl = 0.5 * jnp.mean(jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
+    return l1 + kl_weight * kl, {"l1": l1, "kl": kl}
+  (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+  updates, opt_state = opt.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
+
+
+def ddpm_pretrain_step(params, opt_state, batch, rng: jax.Array, *, unet,
+                       schedule: sched.ScheduleConfig, opt: optax.GradientTransformation,
+                       scaling_factor: float, p_uncond: float):
+  """One DDPM step: ||eps - unet(z_t, t, c)||^2 with z = scale x posterior sample and the
+  context replaced by the null context (`batch['null']`) with probability p_uncond."""
+  k_post, k_t, k_noise, k_drop = jax.random.split(rng, 4)
+  z = sample_posterior(k_post, batch["mean"], batch["logvar"]) * scaling_factor
+  acp = sched.alphas_cumprod(schedule)
+  t = jax.random.randint(k_t, (z.shape[0],), 0, schedule.num_train_timesteps)
+  noise = jax.random.normal(k_noise, z.shape, z.dtype)
+  drop = jax.random.uniform(k_drop, (z.shape[0], 1, 1)) < p_uncond
+  context = jnp.where(drop, batch["null"], batch["context"])
+  noisy = sched.add_noise(acp, z, noise, t)
+
+  def loss_of(p):
+    return jnp.mean((unet.apply(p, noisy, t, context) - noise) ** 2)
+  loss, grads = jax.value_and_grad(loss_of)(params)
+  updates, opt_state = opt.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, {"loss": loss}

@@ -1,0 +1,171 @@
+"""EDGE through the driver (offline smoke), its export, caption synthesis and bad-input errors.
+
+The end-to-end tests are marked slow: the smoke run compiles about a dozen programs (MiniLM
+buckets, the encoder's pretraining step, VAE and U-Net steps, the EDGE step, the sampler, the
+evaluator), about 2.5 CPU-minutes, well over the default suite's budget; the rest take seconds.
+"""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jdd import caption_synthesis as cs
+from jdd import run as run_lib
+from jdd.config import load_config, override
+from jdd.data.captions import load_image, read_train_annotations
+from jdd.evaluation.retrieval import METRICS
+from jdd.methods import edge
+from jdd.stages.context import SimulatedInterruption
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config(data_root, **extra):
+  c = load_config(os.path.join(ROOT, "configs/edge_shapes.py:smoke"))
+  return override(c, **{"dataset.root": str(data_root), **extra})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("edge")
+  work = str(base / "w")
+  results = run_lib.run(smoke_config(base / "data"), work)
+  return base, work, results
+
+
+@pytest.mark.slow
+def test_smoke_end_to_end_results(smoke_run):
+  _, work, results = smoke_run
+  on_disk = json.load(open(os.path.join(work, "results.json")))
+  assert on_disk["method"] == "edge" and on_disk["backend"] == "offline"
+  for name in ("distilled_edge", "random_6"):
+    assert on_disk[name]["num_pairs"] == 6
+    for block in ("test", "reference_protocol_best_test"):
+      for m in METRICS:
+        cell = on_disk[name]["summary"][block][m]
+        assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0
+  assert on_disk["edge"]["finetune_steps"] == 3
+  assert on_disk["edge"]["setup"]["scaling_factor"] > 0
+  for stage in ("edge_vae", "edge_unet", "edge_finetune"):
+    assert os.path.isdir(os.path.join(work, "checkpoints", stage))
+  assert results["distilled_edge"]["summary"] == on_disk["distilled_edge"]["summary"]
+
+
+@pytest.mark.slow
+def test_export_reloads_through_captions(smoke_run):
+  _, work, _ = smoke_run
+  edir = os.path.join(work, "export")
+  manifest = json.load(open(os.path.join(edir, "manifest.json")))
+  pairs = read_train_annotations(os.path.join(edir, manifest["annotation"]), 30)
+  assert len(pairs) == manifest["num_pairs"] == 6 and pairs.num_images == 6
+  assert list(pairs.captions) == manifest["prompts"]          # k = 1: the prompt captions
+  cfg = smoke_config("unused")
+  for rel, entry in manifest["files"].items():
+    blob = open(os.path.join(edir, rel), "rb").read()
+    assert len(blob) == entry["bytes"] and hashlib.sha256(blob).hexdigest() == entry["sha256"]
+  img = load_image(os.path.join(edir, pairs.image_paths[0]), 32, "uint8")
+  assert img.shape == (32, 32, 3) and img.std() > 0
+  assert os.path.exists(os.path.join(edir, "grid.png"))
+  b = manifest["budget"]
+  assert (b["unique_images"], b["captions_per_image"], b["pairs"]) == (6, 1, 6)
+  assert b["image_bytes"] == sum(v["bytes"] for r, v in manifest["files"].items()
+                                 if r.startswith("images/"))
+  # The query captions are the seeded draw, recorded.
+  assert manifest["seed"] == cfg.edge.sample_seed
+  n_captions = 40 * 5
+  np.testing.assert_array_equal(manifest["query_caption_ids"],
+                                edge.draw_queries(n_captions, 6, manifest["seed"]))
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_is_bit_exact(smoke_run, tmp_path):
+  base, work, results = smoke_run
+  resumed = str(tmp_path / "w")
+  # Ticks: encoder 1, VAE 2, U-Net 2, then fine-tune step 2 (checkpointed at 2) -> interrupt.
+  with pytest.raises(SimulatedInterruption):
+    run_lib.run(smoke_config(base / "data", **{"debug.interrupt_after": 7}), resumed)
+  assert not os.path.exists(os.path.join(resumed, "export", "manifest.json"))
+  again = run_lib.run(smoke_config(base / "data"), resumed)
+  m0 = json.load(open(os.path.join(work, "export", "manifest.json")))
+  m1 = json.load(open(os.path.join(resumed, "export", "manifest.json")))
+  assert m0["files"] == m1["files"]                    # identical PNG bytes and captions
+  for name in ("distilled_edge", "random_6"):
+    assert again[name]["summary"] == results[name]["summary"]
+
+
+def test_missing_sd_folder_says_what_to_put_where(tmp_path):
+  c = load_config(os.path.join(ROOT, "configs/edge_flickr.py:pairs=200"))
+  sd = str(tmp_path / "sd15")
+  c = override(c, **{"edge.sd_path": sd, "edge.tokenizer_path": sd + "/tokenizer"})
+  with pytest.raises(FileNotFoundError) as e:
+    run_lib.run(c, str(tmp_path / "w"))
+  msg = str(e.value)
+  for part in (os.path.join(sd, "card.json"), "vocab.json", "merges.txt", "convert_diffusers",
+               "configs/edge_shapes.py"):
+    assert part in msg
+  assert not os.path.exists(tmp_path / "w")           # stopped before anything was written
+
+
+def test_configs():
+  for name in ("edge_flickr", "edge_coco"):
+    c = load_config(os.path.join(ROOT, f"configs/{name}.py:pairs=500"))
+    assert (c.edge.backend, c.edge.lr, c.edge.batch_size, c.edge.epochs) == ("sd", 1e-3, 128, 10)
+    assert (c.edge.sampler.scheduler, c.edge.sampler.steps, c.edge.sampler.guidance_scale,
+            c.edge.sampler.size) == ("pndm", 50, 7.5, 512)
+    assert c.edge.pairs == 500 and tuple(c.evaluate.baselines) == ("random_500",)
+    ref = load_config(os.path.join(ROOT, f"configs/{name}.py:reference"))
+    assert (ref.edge.unet_input, ref.edge.clip_input, ref.edge.vae_input) == ("clean", "raw",
+                                                                              "clip")
+    assert load_config(os.path.join(ROOT, f"configs/{name}.py:smoke")).edge.backend == "offline"
+    with pytest.raises(ValueError, match="pairs must be"):
+      load_config(os.path.join(ROOT, f"configs/{name}.py:pairs=300"))
+  c = load_config(os.path.join(ROOT, "configs/edge_shapes.py"))
+  assert c.edge.pairs == 100 and c.edge.backend == "offline"
+  assert tuple(c.evaluate.baselines) == ("random_100",)
+
+
+# ------------------------------------------------------------------ caption synthesis
+CAPTIONS = ["a red circle", "a red disc", "a blue square", "a blue box", "a green star",
+            "a red circle"]
+
+
+def _request(k, **kw):
+  text = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.9, 0.1], [0, 0, 1], [1, 0, 0]],
+                  np.float32)
+  return cs.SynthesisRequest(images=np.zeros((2, 4, 4, 3), np.uint8),
+                             prompts=[CAPTIONS[0], CAPTIONS[2]], prompt_ids=np.array([0, 2]),
+                             k=k, train_captions=CAPTIONS, train_text=text, **kw)
+
+
+def test_text_neighbours_paraphrase_by_retrieval():
+  out = cs.synthesize("text_neighbours", _request(3))
+  # The prompt first, then the nearest DISTINCT strings (the duplicate 'a red circle' skipped).
+  assert out == [["a red circle", "a red disc", "a blue square"],
+                 ["a blue square", "a blue box", "a red disc"]]
+  assert cs.synthesize("prompt", _request(1)) == [["a red circle"], ["a blue square"]]
+  with pytest.raises(ValueError, match="one caption per image"):
+    cs.synthesize("prompt", _request(2))
+  with pytest.raises(ValueError, match="not one of"):
+    cs.synthesize("gpt-4o-mini", _request(2))
+
+
+def test_image_retrieval_reads_the_image():
+  # Image 0 looks like a star, image 1 like a box: the retrieved captions follow the image.
+  embed = lambda imgs: np.array([[0, 0, 1], [0, 0.2, 1.0]], np.float32)[:len(imgs)]
+  joint = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0.3, 1], [0, 0, 1], [1, 0, 0]],
+                   np.float32)
+  out = cs.synthesize("image_retrieval", _request(2, image_embed=embed, train_joint=joint))
+  assert out == [["a red circle", "a green star"], ["a blue square", "a blue box"]]
+  b = cs.budget(100, 2, 1000, 50)
+  assert (b["unique_images"], b["pairs"], b["image_bytes"]) == (100, 200, 1000)
+
+
+def test_bad_synthesizer_fails_before_any_work(tmp_path):
+  c = load_config(os.path.join(ROOT, "configs/edge_flickr.py"))
+  for name in ("gpt-4o-mini", "image_retrieval"):   # unknown; offline-only on the 'sd' backend
+    with pytest.raises(ValueError, match="edge.synthesizer"):
+      run_lib.run(override(c, **{"edge.synthesizer": name}), str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
