@@ -5,14 +5,17 @@
 # (minutes of XLA compilation each on 2 cores; the default run covers the same modules at
 # reduced width or depth), the RepBlend end-to-end smoke with its bit-exact resume, the
 # quickstart and image-text notebooks and the trajectory-matching benchmark's parity check.
-# Both print the 25 slowest tests, so the CI log shows where the time goes.
+# Both print the 25 slowest tests, so the CI log shows where the time goes. The suite runs in
+# JDD_TEST_WORKERS processes (default 2; test files are kept whole per process): most of its
+# time is XLA compilation, which uses one core, so two processes halve the wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 . .venv/bin/activate
 export JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=3
+WORKERS="${JDD_TEST_WORKERS:-2}"
 if [ "${1:-}" = "--all" ]; then
-  python -m pytest -q --durations=25 tests
+  python -m pytest -q --durations=25 -n "$WORKERS" --dist loadfile tests
 else
-  python -m pytest -q --durations=25 -m "not slow" tests
+  python -m pytest -q --durations=25 -n "$WORKERS" --dist loadfile -m "not slow" tests
 fi
