@@ -7,13 +7,8 @@ tables were not retrievable; MDM (arXiv 2605.23482) cites EDGE's COCO-500 mean r
 7.9 (LoRS: 13.5; random 500 subset: 7.0; below LoRS, so check it against the paper PDF),
 shared/research/edge_method.md §2.
 
-Defaults are the released code's: SD-1.5 DiffFit tuning (biases and norms), SGD lr 1e-3,
-10 epochs of batch 128 (at 256 px, not the released 224: jdd's U-Net needs latents divisible
-by 8, where diffusers passes an explicit upsample size), lambda_c = lambda_d = 1, tau 0.1;
-sampling PNDM 50 steps, guidance 7.5, 512 px, one image per drawn caption (the export is
-resized to 224 for evaluation).
-jdd's fixes (noisy U-Net input, rescale before decoding, CLIP-normalised loss input, [-1, 1]
-VAE input) are on; `:reference` restores the released behaviour.
+Defaults, jdd's fixes and `:reference`: as configs/edge_flickr.py (the same released-code
+settings; only the dataset, its paths and the paper cells differ).
 
 Files (jdd never downloads): converted SD-1.5 + CLIP ViT-B/32 in weights/sd15 (card.json,
 third_party/convert_diffusers.py) with the CLIP tokenizer's vocab.json / merges.txt in
