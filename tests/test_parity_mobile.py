@@ -222,7 +222,8 @@ def _no_dropout(model):
 @pytest.mark.parametrize("width_mult", [
     0.25, pytest.param(1.0, marks=[pytest.mark.slow, pytest.mark.xfail(
         strict=False, reason="eval-mode input gradient 1.5 % off torch float64 (torch float32: "
-        "7e-4); logits and BN statistics pass; not yet explained, see docs/teachers.md")])])
+        "7e-4, jdd eager: 2e-5); logits and BN statistics pass; an XLA-CPU compiled-numerics "
+        "issue not yet traced, see docs/teachers.md")])])
 def test_torchvision_mobilenet_v2_parity(width_mult):
   make = lambda: _no_dropout(torchvision.models.mobilenet_v2(num_classes=10,
                                                              width_mult=width_mult))
