@@ -54,21 +54,30 @@ def _online(ctx: StageContext, kind: str, description: str) -> LabelSource:
   return LabelSource(kind, fn, operands=variables, description=description)
 
 
-def fkd_stored(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+def _stored_soft_labels(ctx: StageContext, name: str, images: np.ndarray, out_dir: str,
+                        what: str, compute) -> tuple[str, np.ndarray]:
+  """W/.../soft_labels.npy: loaded when complete, else `compute(...)` over the evaluation's
+  epochs and batch size with the relabel keys, then saved atomically."""
   path = os.path.join(out_dir, "soft_labels.npy")
   if os.path.exists(path):
-    print(f"[relabel:{name}] soft labels exist: skipped", flush=True)
-    soft = np.load(path)
-  else:
+    print(f"[relabel:{name}] {what} exist: skipped", flush=True)
+    return path, np.load(path)
+  epochs = int(ctx.config.evaluate.epochs)
+  batch = int(min(ctx.config.evaluate.batch_size, len(images)))
+  progress = reporting.Progress(f"relabel:{name}", epochs, every=max(1, epochs // 5))
+  soft = compute(images, epochs=epochs, batch_size=batch, order_key=ctx.keys["relabel_order"],
+                 aug_key=ctx.keys["relabel_aug"], cfg=ctx.config.relabel, mean=ctx.data.mean,
+                 std=ctx.data.std, progress=progress)
+  checkpoint.atomic_save_npy(path, soft)
+  return path, soft
+
+
+def fkd_stored(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+  def compute(images, **kw):
     ensemble, variables = _ensemble(ctx)
-    epochs = int(ctx.config.evaluate.epochs)
-    batch = int(min(ctx.config.evaluate.batch_size, len(images)))
-    progress = reporting.Progress(f"relabel:{name}", epochs, every=max(1, epochs // 5))
-    soft = fkd.compute_soft_labels(
-        ensemble, variables, images, epochs=epochs, batch_size=batch,
-        order_key=ctx.keys["relabel_order"], aug_key=ctx.keys["relabel_aug"],
-        cfg=ctx.config.relabel, mean=ctx.data.mean, std=ctx.data.std, progress=progress)
-    checkpoint.atomic_save_npy(path, soft)
+    return fkd.compute_soft_labels(ensemble, variables, images, **kw)
+
+  path, soft = _stored_soft_labels(ctx, name, images, out_dir, "soft labels", compute)
   aug = _fkd_augment(ctx)
   aug_key = ctx.keys["relabel_aug"]
 
@@ -139,20 +148,9 @@ def _bssl_description(ts, weights, splits, train_mode, where) -> str:
 
 def bssl_stored(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
   models, variables, weights, splits, train_mode = _bssl_setup(ctx)
-  path = os.path.join(out_dir, "soft_labels.npy")
-  if os.path.exists(path):
-    print(f"[relabel:{name}] BSSL labels exist: skipped", flush=True)
-    soft = np.load(path)
-  else:
-    epochs = int(ctx.config.evaluate.epochs)
-    batch = int(min(ctx.config.evaluate.batch_size, len(images)))
-    progress = reporting.Progress(f"relabel:{name}", epochs, every=max(1, epochs // 5))
-    soft = bssl_lib.compute_soft_labels(
-        models, variables, images, epochs=epochs, batch_size=batch,
-        order_key=ctx.keys["relabel_order"], aug_key=ctx.keys["relabel_aug"],
-        cfg=ctx.config.relabel, mean=ctx.data.mean, std=ctx.data.std, num_splits=splits,
-        weights=weights, train_mode=train_mode, progress=progress)
-    checkpoint.atomic_save_npy(path, soft)
+  compute = functools.partial(bssl_lib.compute_soft_labels, models, variables, num_splits=splits,
+                              weights=weights, train_mode=train_mode)
+  path, soft = _stored_soft_labels(ctx, name, images, out_dir, "BSSL labels", compute)
   aug = _fkd_augment(ctx)
   aug_key = ctx.keys["relabel_aug"]
 
