@@ -93,9 +93,7 @@ Everything is offline: Fashion-MNIST comes from Debian's `dataset-fashion-mnist`
 
 **Time.** Full scale is exactly the documented runs of `docs/fashion_mnist.md` (10 images per
 class, 500 recover iterations, 3 evaluation seeds of 100 epochs each): SRe2L took 5 min 53 s
-on an idle 2-core machine; INFER (four teachers squeezed here) has only been run on a 2-core
-machine shared with ~8 other jobs, where it took over an hour of wall time in pieces
-(`docs/infer.md` estimates about 11 min idle from its FLOPs; not verified). Neither was
+on an idle 2-core machine and INFER (four teachers squeezed here) 9 min 25 s. Neither was
 re-measured through this notebook. The small scale (`JDD_NOTEBOOK_SMOKE=1`, what the test suite runs) took
 about 8 min of wall time (105 s of CPU) on 2 cores shared with other jobs (load average ~15),
 nearly all of it compilation. Runs resume: re-running a cell with the same workdir skips the
@@ -193,8 +191,8 @@ for method in ("sre2l", "infer"):
 Test top-1 at the epoch selected on the validation split, mean ± std over the evaluation seeds,
 read back from each run's `results.json`. Each random subset uses its method's label source and
 schedule, so each row compares like with like. The full-scale numbers measured so far are in
-`docs/fashion_mnist.md` (SRe2L 69.58 ± 0.32 vs random 77.73 ± 0.25; INFER 77.29 ± 0.18 vs
-74.19 ± 0.33); the small scale is far too small to mean anything beyond "it runs".
+`docs/fashion_mnist.md` (SRe2L 69.58 ± 0.32 vs random 77.73 ± 0.25; INFER 76.98 ± 0.47 vs
+74.21 ± 0.14); the small scale is far too small to mean anything beyond "it runs".
 '''),
     ("code", r'''
 rows = []
