@@ -114,7 +114,10 @@ def test_relabel_fn_labels_the_augmented_batch(teachers):
                                     std=std, num_splits=2)
   assert labels.shape == (2, 2, 4, CLASSES) and labels.dtype == np.float16
   idx = fkd.batch_indices(order_key, 1, 8, 4)[1]
-  x = fkd.augmented_batch(aug_key, 1, 1, jnp.asarray(images[idx]), cfg=cfg, mean=mean, std=std)
-  want = bssl.bssl_logits(mods, variables, x, num_splits=2, weights=weights)
+  # The reference side jitted too: op by op it compiles hundreds of tiny programs.
+  x = jax.jit(lambda im: fkd.augmented_batch(aug_key, 1, 1, im, cfg=cfg, mean=mean, std=std))(
+      jnp.asarray(images[idx]))
+  want = jax.jit(lambda v, x: bssl.bssl_logits(mods, v, x, num_splits=2, weights=weights))(
+      variables, x)
   np.testing.assert_allclose(labels[1, 1].astype(np.float32), np.asarray(want), rtol=2e-3,
                              atol=2e-3)

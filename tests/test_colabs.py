@@ -7,9 +7,11 @@ and the cell's index. The notebooks are also checked to be valid nbformat-4 JSON
 outputs and no IPython magics (which `exec` could not run), and to equal what
 colabs/build_notebooks.py writes from colabs/notebook_cells.py.
 
-The research notebook (pure functions) runs in the default suite; the quickstart (SRe2L and
-INFER) and image-text (RepBlend) notebooks each compile a whole pipeline, minutes of CPU on 2
-cores even at their smallest, so they are marked slow (`bash scripts/test.sh --all`).
+All three run in the default suite. The quickstart (SRe2L and INFER) and image-text (RepBlend)
+notebooks compile whole pipelines, about a CPU minute each at their smallest on an idle
+machine, so each has a test file of its own (tests/test_colab_quickstart.py,
+tests/test_colab_image_text.py): the suite's workers take whole files, and three notebooks in
+one file would leave one worker running them alone at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(ROOT, "colabs")
 NOTEBOOKS = sorted(glob.glob(os.path.join(COLABS, "*.ipynb")))
-HEAVY = {"quickstart", "image_text"}   # whole pipelines: slow
 
 
 def _name(path: str) -> str:
@@ -99,11 +100,10 @@ def test_notebooks_are_the_generator_output():
           f"{path} differs from colabs/notebook_cells.py: run python colabs/build_notebooks.py")
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=[pytest.mark.slow] if _name(p) in HEAVY else [], id=_name(p))
-    for p in NOTEBOOKS])
-def test_notebook_runs_at_small_scale(path, tmp_path, monkeypatch):
-  workdir = str(tmp_path / _name(path))
+def run_at_small_scale(name: str, tmp_path, monkeypatch) -> dict:
+  """Executes colabs/<name>.ipynb with JDD_NOTEBOOK_SMOKE=1 in a tmp workdir; its namespace."""
+  path = os.path.join(COLABS, name + ".ipynb")
+  workdir = str(tmp_path / name)
   monkeypatch.setenv("JDD_NOTEBOOK_SMOKE", "1")
   monkeypatch.setenv("JDD_NOTEBOOK_WORKDIR", workdir)
   monkeypatch.delenv("JDD_ROOT", raising=False)
@@ -111,3 +111,15 @@ def test_notebook_runs_at_small_scale(path, tmp_path, monkeypatch):
   namespace = execute_notebook(path, workdir)
   assert namespace["SMOKE"] is True
   assert namespace["ROOT"] == ROOT
+  return namespace
+
+
+def test_research_notebook_runs_at_small_scale(tmp_path, monkeypatch):
+  run_at_small_scale("research", tmp_path, monkeypatch)
+
+
+def test_every_notebook_has_a_run_test():
+  for path in NOTEBOOKS:
+    name = _name(path)
+    own_file = os.path.join(ROOT, "tests", f"test_colab_{name}.py")
+    assert name == "research" or os.path.isfile(own_file), f"{name}.ipynb: no {own_file}"

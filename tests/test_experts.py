@@ -167,11 +167,12 @@ def test_train_and_score_learns_and_is_seeded():
 
 def test_trained_backbone_takes_pixels():
   model = tiny_model(train_backbone=True)
-  variables = model.backbone.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-  params = model.init(jax.random.key(1), variables, TEXT)
+  # Jitted: run op by op, the NFNet's init and forward compile hundreds of tiny programs.
+  variables = jax.jit(model.backbone.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  params = jax.jit(lambda k, v: model.init(k, v, TEXT))(jax.random.key(1), variables)
   assert set(params) == {"image", "text"}
-  logits = model.logits(params, None, jnp.ones((3, 16, 16, 3)), jnp.ones((3, TEXT)),
-                        features=False)
+  logits = jax.jit(lambda p, x, t: model.logits(p, None, x, t, features=False))(
+      params, jnp.ones((3, 16, 16, 3)), jnp.ones((3, TEXT)))
   assert logits.shape == (3, 3)
   with pytest.raises(ValueError, match="pixels"):
     model.image_embed(params, None, jnp.ones((3, FEAT)), features=True)

@@ -162,6 +162,11 @@ def _teachers(classes=5):
   return out
 
 
+def _jit_eval(model):
+  """model.apply in eval mode, jitted (op by op, a teacher compiles dozens of tiny programs)."""
+  return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+
+
 def test_static_labels_and_logit_mixup_against_numpy():
   teachers = _teachers()
   mean, std = (0.3,), (0.4,)
@@ -169,7 +174,7 @@ def test_static_labels_and_logit_mixup_against_numpy():
   y = infer_labels.static_logits([m for m, _ in teachers], [v for _, v in teachers], images,
                                  mean, std, batch_size=4)
   x = (images.astype(np.float32) / 255.0 - 0.3) / 0.4
-  direct = np.mean([np.asarray(m.apply(v, x, train=False)) for m, v in teachers], axis=0)
+  direct = np.mean([np.asarray(_jit_eval(m)(v, x)) for m, v in teachers], axis=0)
   np.testing.assert_allclose(y, direct, rtol=1e-5, atol=1e-6)
   # A student batch: the images go through crop + flip + mixup; the target mixes the logits.
   cfg = {"crop": "pad_crop", "crop_padding": 2, "flip": True, "mix": "mixup", "mix_alpha": 0.8}
@@ -178,9 +183,9 @@ def test_static_labels_and_logit_mixup_against_numpy():
   cfg_obj = type("Cfg", (), cfg)()
   xs, target = infer_labels.static_batch_fn(None, batch, cfg=cfg_obj, mean=mean, std=std,
                                             aug_key=aug_key)
-  x_ref, params = augment.augment_for_relabel(
-      augment.relabel_key(aug_key, 3, 1), normalize(jnp.asarray(images), mean, std), cfg,
-      pad_value=augment.normalized_zero(mean, std), return_params=True)
+  x_ref, params = jax.jit(lambda k, im: augment.augment_for_relabel(
+      k, normalize(im, mean, std), cfg, pad_value=augment.normalized_zero(mean, std),
+      return_params=True))(augment.relabel_key(aug_key, 3, 1), jnp.asarray(images))
   lam, perm = float(params["lam"]), np.asarray(params["perm"])
   np.testing.assert_allclose(np.asarray(target), lam * y + (1 - lam) * y[perm], rtol=1e-5,
                              atol=1e-5)
@@ -198,7 +203,7 @@ def test_dynamic_labels_average_the_teachers_on_the_augmented_batch():
   x, logits = infer_labels.online_batch_fn(
       tuple(v for _, v in teachers), {"images": images, "epoch": 0, "k": 2}, ensemble=ens,
       cfg=cfg, mean=mean, std=std, aug_key=jax.random.key(6))
-  direct = np.mean([np.asarray(m.apply(v, x, train=False)) for m, v in teachers], axis=0)
+  direct = np.mean([np.asarray(_jit_eval(m)(v, x)) for m, v in teachers], axis=0)
   np.testing.assert_allclose(np.asarray(logits), direct, rtol=1e-5, atol=1e-6)
 
 

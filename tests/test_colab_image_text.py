@@ -1,0 +1,20 @@
+"""colabs/image_text.ipynb (RepBlend on shapes_captions) runs top to bottom at small scale.
+
+A file of its own so that the suite's workers, which take whole files, can run it beside the
+other notebooks (tests/test_colabs.py holds the harness and the format checks).
+"""
+
+import math
+
+from jdd.evaluation.retrieval import METRICS
+from tests.test_colabs import run_at_small_scale
+
+
+def test_image_text_notebook_runs_at_small_scale(tmp_path, monkeypatch):
+  ns = run_at_small_scale("image_text", tmp_path, monkeypatch)
+  assert set(ns["sets"]) == {"distilled_repblend", "random_10"}
+  for r in ns["sets"].values():
+    for m in METRICS:
+      assert 0.0 <= r["summary"]["test"][m]["mean"] <= 100.0
+      assert math.isfinite(r["summary"]["test"][m]["std"])
+  assert all(lr > 0 for lr in ns["results"]["distill"]["learned_lrs"].values())
