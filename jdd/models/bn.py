@@ -58,7 +58,7 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
 
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))   # float32, or float64 under x64
     need_batch_stats = train or self.is_mutable_collection(BN_STATS_COLLECTION)
     if need_batch_stats:
       mean = jnp.mean(x32, axis=axes)
@@ -90,7 +90,9 @@ class BatchNorm(nn.Module):
 
     # 1 / sqrt, not lax.rsqrt: XLA-CPU's fused rsqrt is an approximation whose error the
     # train-mode input gradient amplifies to several percent (tests/test_parity_mobile.py).
-    mul = scale / jnp.sqrt(use_var + self.epsilon)
+    # The barrier keeps XLA's algebraic simplifier from turning `scale / sqrt(v)` (and the
+    # divisions by sqrt in its gradient) back into multiplications by rsqrt.
+    mul = scale / jax.lax.optimization_barrier(jnp.sqrt(use_var + self.epsilon))
     y = (x32 - use_mean) * mul + bias
     return y.astype(self.dtype or x.dtype)
 
