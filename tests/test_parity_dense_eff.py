@@ -172,8 +172,9 @@ def _parity(torch_model, arch, kwargs, naming, hw, **check_kw):
 # 3.3e-3), CIFAR MobileNetV2 2.3e-3 (torch 1.1e-5). For the small DenseNet the same kind of gap
 # vanished with `--xla_cpu_use_fusion_emitters=false` and then with the optimisation barrier
 # in jdd/models/bn.py, i.e. XLA-CPU's fused approximate maths; these three are not yet traced.
-# Their input gradients are compared in float64 on both sides, which checks jdd's maths to
-# 1e-3; logits and BN statistics stay float32 checks.
+# The small CIFAR DenseNet of the default run showed it too (1.0e-2, torch 5.9e-7) in one of
+# two runs. Their input gradients are compared in float64 on both sides, which checks jdd's
+# maths to 1e-3; logits and BN statistics stay float32 checks.
 
 # The real DenseNet-121 / EfficientNet-B0 take minutes to compile on 2 CPU cores (`-m slow`);
 # the default run checks the same code on shallow configurations.
@@ -241,9 +242,11 @@ def test_efficientnet_b0_cifar_parity():
 
 
 def test_densenet_small_cifar_parity():
+  # Train-mode float32 gap (F32_TRAIN_GAP above): 1.0e-2 from torch float64 in one full-suite
+  # run, within tolerance in another, torch float32 5.9e-7; compared in float64 on both sides.
   n_bn = _parity(KLDenseNet((2, 3, 1, 2), 8, 10), "densenet121",
                  {"variant": "cifar", "growth_rate": 8, "block_config": (2, 3, 1, 2)},
-                 "kuangliu", 32)
+                 "kuangliu", 32, grad_in_float64=True)
   assert n_bn == 2 * 8 + 3 + 1
 
 
