@@ -2,7 +2,7 @@
 
 Every notebook imports jdd and calls its public functions; nothing of jdd is copied here. The
 first code cell installs jdd in Colab only; the parameters cell reads JDD_NOTEBOOK_SMOKE (tiny
-sizes, what tests/test_colabs.py runs) and JDD_NOTEBOOK_WORKDIR.
+sizes, what the test suite runs) and JDD_NOTEBOOK_WORKDIR.
 """
 
 INSTALL = r'''
@@ -110,7 +110,7 @@ if IN_COLAB and not os.path.isdir("/usr/share/datasets/fashion-mnist"):
 ## Parameters
 
 `SMOKE` picks each config's `:smoke` variant (a tiny teacher, 2-3 images per class, a few
-iterations) and shrinks the evaluation further; it is what `tests/test_colabs.py` runs.
+iterations) and shrinks the evaluation further; it is what the test suite runs.
 `WORKDIR` holds one folder per method (`teacher/`, `export/`, `results.json`, ...).
 '''),
     ("code", r'''
