@@ -148,24 +148,23 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
                                  err_msg=f"{mode} BN input mean #{i}")
       np.testing.assert_allclose(jv, tv, rtol=bn_tol, atol=bn_tol * max(np.abs(tv).max(), 1e-3),
                                  err_msg=f"{mode} BN input var #{i}")
-    # The input gradient can be ill-conditioned (train-mode statistics over few values, deep
-    # nets): torch float32 itself is then off its float64 value by more than grad_tol. The
-    # reference is then torch float64, with a tolerance of twice torch float32's own error.
-    # Train mode always takes that path; eval mode only when the float32 comparison fails.
+    torch64 = lambda: torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(),
+                                          targets, train)
+    scale32 = max(np.abs(t["grad"]).max(), 1e-12)
     if grad_in_float64:
-      t64 = torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(), targets, train)
       with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
         m64 = jax_model.clone(dtype=jnp.float64)   # the compute dtype of every layer
         j64 = jax_recover_terms(m64, v64, jnp.asarray(x_nhwc, jnp.float64),
                                 jnp.asarray(targets.numpy()), train)
       assert j64["grad"].dtype == np.float64
-      assert_rel(j64["grad"], t64["grad"], grad_tol, f"{mode} input gradient, float64 both")
-      n_bn = len(t["bn_mean"])
-      continue
-    scale32 = max(np.abs(t["grad"]).max(), 1e-12)
-    if train or np.abs(j["grad"] - t["grad"]).max() > grad_tol * scale32:
-      t64 = torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(), targets, train)
+      assert_rel(j64["grad"], torch64()["grad"], grad_tol, f"{mode} input gradient, float64 both")
+    # The input gradient can be ill-conditioned (train-mode statistics over few values, deep
+    # nets): torch float32 itself is then off its float64 value by more than grad_tol. The
+    # reference is then torch float64, with a tolerance of twice torch float32's own error.
+    # Train mode always takes that path; eval mode only when the float32 comparison fails.
+    elif train or np.abs(j["grad"] - t["grad"]).max() > grad_tol * scale32:
+      t64 = torch64()
       scale = np.abs(t64["grad"]).max()
       torch_err = np.abs(t["grad"] - t64["grad"]).max() / scale
       assert_rel(j["grad"], t64["grad"], max(grad_tol, 2 * torch_err),

@@ -88,10 +88,10 @@ class BatchNorm(nn.Module):
     else:
       use_mean, use_var = ra_mean.value, ra_var.value
 
-    # 1 / sqrt, not lax.rsqrt: XLA-CPU's fused rsqrt is an approximation whose error the
-    # train-mode input gradient amplifies to several percent (tests/test_parity_mobile.py).
-    # The barrier keeps XLA's algebraic simplifier from turning `scale / sqrt(v)` (and the
-    # divisions by sqrt in its gradient) back into multiplications by rsqrt.
+    # 1 / sqrt behind a barrier, not lax.rsqrt: XLA-CPU's fused rsqrt is an approximation whose
+    # error the train-mode input gradient amplifies to several percent, and without the barrier
+    # XLA's algebraic simplifier turns `scale / sqrt(v)` (and the divisions by sqrt in its
+    # gradient) back into multiplications by rsqrt (docs/teachers.md).
     mul = scale / jax.lax.optimization_barrier(jnp.sqrt(use_var + self.epsilon))
     y = (x32 - use_mean) * mul + bias
     return y.astype(self.dtype or x.dtype)
