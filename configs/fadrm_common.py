@@ -18,6 +18,8 @@ Field names follow configs/sre2l_common.py. What FADRM adds (see docs/fadrm.md):
 
 import ml_collections
 
+from sre2l_common import evaluate_config, relabel_config  # configs/ is on sys.path
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
@@ -91,37 +93,15 @@ def base_config() -> ml_collections.ConfigDict:
       method="patches", candidates_per_class=0, crops_per_image=5, factor=1,
       crop_scale=(0.5, 1.0)))
 
-  c.relabel = ml_collections.ConfigDict()
-  c.relabel.mode = "bssl"
-  c.relabel.teacher_names = ()
-  c.relabel.teacher_weights = ()   # empty: uniform; else softmax(w / 10) as --model-weight
-  c.relabel.train_mode = True      # BSSL; the Tiny FADRM IPC 50 script alone uses eval mode
-  c.relabel.num_splits = 2
-  c.relabel.crop = "rrc"
-  c.relabel.crop_scale = (0.08, 1.0)
-  c.relabel.crop_padding = 4
-  c.relabel.flip = True
-  c.relabel.mix = "cutmix"
-  c.relabel.mix_alpha = 1.0
+  c.relabel = relabel_config(
+      mode="bssl",
+      teacher_names=(),
+      teacher_weights=(),          # empty: uniform; else softmax(w / 10) as --model-weight
+      train_mode=True,             # BSSL; the Tiny FADRM IPC 50 script alone uses eval mode
+      num_splits=2)
 
-  c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.student = ml_collections.ConfigDict(
-      {"arch": "resnet18", "kwargs": ml_collections.ConfigDict({"stem": "cifar"})})
-  c.evaluate.epochs = 300
-  c.evaluate.batch_size = 16
-  c.evaluate.grad_accum_steps = 2
-  c.evaluate.optimizer = "adamw"
-  c.evaluate.lr = 1e-3
-  c.evaluate.momentum = 0.9
-  c.evaluate.weight_decay = 0.01
-  c.evaluate.warmup_epochs = 0
-  c.evaluate.lr_per_epoch = True
-  c.evaluate.cosine_eta = 1.0
-  c.evaluate.temperature = 20.0
-  c.evaluate.t_squared = False
-  c.evaluate.eval_every = 10
-  c.evaluate.seeds = 3
-  c.evaluate.baseline = True
+  c.evaluate = evaluate_config(epochs=300, batch_size=16, grad_accum_steps=2, cosine_eta=1.0,
+                               temperature=20.0, eval_every=10)
 
   c.debug = ml_collections.ConfigDict({"interrupt_after": 0})
   return c

@@ -9,6 +9,8 @@ checkpoint, and the squeeze recipe used when checkpoint is empty).
 
 import ml_collections
 
+from sre2l_common import evaluate_config, relabel_config  # configs/ is on sys.path
+
 
 def teacher_config(arch: str, kwargs: dict, **recipe) -> ml_collections.ConfigDict:
   """One teacher: architecture, converted/earlier checkpoint folder, and a squeeze recipe
@@ -59,31 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.recover.jitter_symmetric = False
   c.recover.clip_in_loss = False   # True: the teacher sees clip(x + u), the exported image
 
-  c.relabel = ml_collections.ConfigDict()
-  c.relabel.mode = "static"        # 'static' (stored, one vector per image) | 'dynamic' (online)
-  c.relabel.crop = "pad_crop"
-  c.relabel.crop_scale = (0.08, 1.0)
-  c.relabel.crop_padding = 4
-  c.relabel.flip = True
-  c.relabel.mix = "mixup"
-  c.relabel.mix_alpha = 0.8
+  c.relabel = relabel_config(
+      mode="static",               # 'static' (stored, one vector per image) | 'dynamic' (online)
+      crop="pad_crop", mix="mixup", mix_alpha=0.8)
 
-  c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.student = ml_collections.ConfigDict(
-      {"arch": "resnet18", "kwargs": ml_collections.ConfigDict({"stem": "cifar"})})
-  c.evaluate.epochs = 400
-  c.evaluate.batch_size = 64
-  c.evaluate.optimizer = "adamw"
-  c.evaluate.lr = 1e-3
-  c.evaluate.momentum = 0.9
-  c.evaluate.weight_decay = 0.01
-  c.evaluate.warmup_epochs = 0
-  c.evaluate.lr_per_epoch = True
-  c.evaluate.temperature = 30.0
-  c.evaluate.t_squared = False
-  c.evaluate.eval_every = 10
-  c.evaluate.seeds = 3
-  c.evaluate.baseline = True
+  c.evaluate = evaluate_config(batch_size=64, eval_every=10)
 
   c.debug = ml_collections.ConfigDict({"interrupt_after": 0})
   return c

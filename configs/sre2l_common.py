@@ -43,34 +43,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.recover.jitter = 4
   c.recover.jitter_symmetric = False
 
-  c.relabel = ml_collections.ConfigDict()
-  c.relabel.mode = "stored"  # 'stored' (logits per epoch/batch, counted in the manifest) | 'online'
-  c.relabel.crop = "rrc"
-  c.relabel.crop_scale = (0.08, 1.0)
-  c.relabel.crop_padding = 4
-  c.relabel.flip = True
-  c.relabel.mix = "cutmix"
-  c.relabel.mix_alpha = 1.0
+  # mode: 'stored' (logits per epoch/batch, counted in the manifest) | 'online'
+  c.relabel = relabel_config(mode="stored")
 
-  c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.student = ml_collections.ConfigDict(
-      {"arch": "resnet18", "kwargs": ml_collections.ConfigDict({"stem": "cifar"})})
-  c.evaluate.epochs = 400
-  c.evaluate.batch_size = 128
-  c.evaluate.optimizer = "adamw"
-  c.evaluate.lr = 1e-3
-  c.evaluate.momentum = 0.9
-  c.evaluate.weight_decay = 0.01
-  c.evaluate.warmup_epochs = 0
-  c.evaluate.lr_per_epoch = True
-  c.evaluate.temperature = 30.0
-  c.evaluate.t_squared = False
-  c.evaluate.eval_every = 20
-  c.evaluate.seeds = 3
-  c.evaluate.baseline = True
+  c.evaluate = evaluate_config()
 
   c.debug = ml_collections.ConfigDict({"interrupt_after": 0})
   return c
+
+
+def relabel_config(**fields) -> ml_collections.ConfigDict:
+  """`c.relabel` of the decoupled methods (SRe2L, INFER, FADRM): the student-side crop, flip
+  and mix that the soft labels are generated (or looked up) for, SRe2L's values by default;
+  `fields` override them or add a method's own."""
+  r = ml_collections.ConfigDict(dict(
+      crop="rrc", crop_scale=(0.08, 1.0), crop_padding=4, flip=True, mix="cutmix",
+      mix_alpha=1.0))
+  r.update(fields)
+  return r
+
+
+def evaluate_config(**fields) -> ml_collections.ConfigDict:
+  """`c.evaluate` of the decoupled methods: a student trained on the distilled set with the
+  soft labels (KL at `temperature`), SRe2L's CIFAR values by default; `fields` override them
+  or add a method's own."""
+  e = ml_collections.ConfigDict(dict(
+      student=ml_collections.ConfigDict(
+          {"arch": "resnet18", "kwargs": ml_collections.ConfigDict({"stem": "cifar"})}),
+      epochs=400, batch_size=128, optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.01,
+      warmup_epochs=0, lr_per_epoch=True, temperature=30.0, t_squared=False, eval_every=20,
+      seeds=3, baseline=True))
+  e.update(fields)
+  return e
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:

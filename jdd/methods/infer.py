@@ -110,19 +110,9 @@ def compensator_budget(ipc: int, num_classes: int, num_teachers: int,
 
 
 @dataclasses.dataclass(frozen=True)
-class InferHParams:
-  iterations: int
-  lr: float
-  r_bn: float
-  first_bn_multiplier: float
-  random_resized_crop: bool
-  crop_scale: tuple[float, float]
-  flip: bool
-  jitter: int
-  jitter_symmetric: bool
+class InferHParams(sre2l.RecoverHParams):
+  """SRe2L's recover hyperparameters, plus whether the loss sees the clipped instance."""
   clip_in_loss: bool
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
 
 
 @flax.struct.dataclass
@@ -132,14 +122,8 @@ class CompensatorState:
 
 
 def hparams_from_config(rc, mean, std) -> InferHParams:
-  return InferHParams(
-      iterations=int(rc.iterations), lr=float(rc.lr), r_bn=float(rc.r_bn),
-      first_bn_multiplier=float(rc.first_bn_multiplier),
-      random_resized_crop=bool(rc.random_resized_crop),
-      crop_scale=tuple(float(s) for s in rc.crop_scale), flip=bool(rc.flip),
-      jitter=int(rc.jitter), jitter_symmetric=bool(rc.jitter_symmetric),
-      clip_in_loss=bool(rc.clip_in_loss),
-      mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+  base = sre2l.hparams_from_config(rc, mean, std)
+  return InferHParams(**dataclasses.asdict(base), clip_in_loss=bool(rc.clip_in_loss))
 
 
 def init(num_units: int, image_shape: tuple[int, ...], hp: InferHParams) -> CompensatorState:
