@@ -189,8 +189,10 @@ def sd_setup(config) -> EdgeSetup:
   from jdd.models.diffusion import load_components, load_schedule
   ec = config.edge
   comps = load_components(ec.sd_path, ("unet", "vae", "text_encoder", "clip"))
-  tok = CLIPTokenizer(vocab_file=os.path.join(ec.tokenizer_path, "vocab.json"),
-                      merges_file=os.path.join(ec.tokenizer_path, "merges.txt"))
+  # from_pretrained reads the folder's vocab.json / merges.txt. (transformers 5's constructor
+  # takes `vocab` / `merges`: given `vocab_file=` it ignores the files and builds a 2-token
+  # vocabulary that maps every caption to BOS + EOS.)
+  tok = CLIPTokenizer.from_pretrained(ec.tokenizer_path)
 
   def tokenize(captions):
     enc = tok(list(captions), padding="max_length", max_length=77, truncation=True,

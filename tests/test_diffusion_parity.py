@@ -1,7 +1,7 @@
 """Parity of jdd's diffusion networks, CLIP towers and schedulers with diffusers / transformers.
 
-Tiny PyTorch models with random weights are built here, saved in their libraries' layouts on
-disk, converted with `third_party/convert_diffusers.py` and reloaded through
+Tiny PyTorch models with random weights (tests/diffusers_fixtures.py), saved in their libraries'
+layouts on disk, converted with `third_party/convert_diffusers.py` and reloaded through
 `jdd.models.diffusion.load_components` (Orbax), so the converter and the loader are exercised end
 to end. No pretrained weights exist offline (shared/research/stack_and_data.md §5).
 """
@@ -26,32 +26,10 @@ from jdd.models.diffusion import schedulers as S  # noqa: E402
 from third_party import convert_diffusers  # noqa: E402
 from third_party.torch_to_flax import CheckpointMismatchError  # noqa: E402
 
+from diffusers_fixtures import (SD_SCHEDULER, TEXT_KW, VISION_KW, convert,  # noqa: E402
+                                randomize, write_tiny_sd)
+
 TOL = 1e-4
-SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                    beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1,
-                    skip_prk_steps=True, clip_sample=False)
-UNET_KW = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-               layers_per_block=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-               attention_head_dim=4, norm_num_groups=8)
-VAE_KW = dict(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-              down_block_types=("DownEncoderBlock2D",) * 2,
-              up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-              sample_size=16)
-TEXT_KW = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, max_position_embeddings=12, eos_token_id=2,
-               bos_token_id=0, pad_token_id=1)
-VISION_KW = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, image_size=32, patch_size=8)
-
-
-def _randomize(module, std=0.1):
-  """Random weights everywhere (norm gains included), so every parameter matters."""
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for p in module.parameters():
-      p.copy_(torch.randn(p.shape, generator=gen) * std)
-  return module.eval()
 
 
 def _nchw(x):
@@ -62,25 +40,11 @@ def _nchw(x):
 def converted(tmp_path_factory):
   """Torch models, and the jdd components converted from their files on disk."""
   root = tmp_path_factory.mktemp("sd")
-  pipe, clip_dir, out = root / "pipe", root / "clip", root / "jdd"
-  unet = _randomize(diffusers.UNet2DConditionModel(**UNET_KW))
-  vae = _randomize(diffusers.AutoencoderKL(**VAE_KW))
-  text = _randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TEXT_KW)), 0.2)
-  clip_cfg = transformers.CLIPConfig(text_config=TEXT_KW, vision_config=VISION_KW,
-                                     projection_dim=16)
-  clip = _randomize(transformers.CLIPModel(clip_cfg), 0.2)
-  unet.save_pretrained(pipe / "unet")
-  vae.save_pretrained(pipe / "vae", safe_serialization=False)  # the torch-pickle path
-  text.save_pretrained(pipe / "text_encoder")
-  os.makedirs(pipe / "scheduler")
-  with open(pipe / "scheduler" / "scheduler_config.json", "w") as f:
-    json.dump({"_class_name": "PNDMScheduler", **SD_SCHEDULER}, f)
-  clip.save_pretrained(clip_dir)
-  assert convert_diffusers.main(["--diffusers", str(pipe), "--clip", str(clip_dir),
-                                 "--out", str(out)]) == 0
+  made = write_tiny_sd(root)
+  out = root / "jdd"
+  convert(made["pipe"], made["clip_dir"], out)
   comps = diffusion.load_components(str(out))
-  return {"torch": {"unet": unet, "vae": vae, "text": text, "clip": clip}, "jdd": comps,
-          "out": out, "pipe": pipe}
+  return {"torch": made["torch"], "jdd": comps, "out": out, "pipe": made["pipe"]}
 
 
 def test_card_records_sources_and_scheduler(converted):
@@ -160,10 +124,10 @@ def test_clip_features(converted):
 
 def test_clip_vision_with_projection_and_new_eos(tmp_path):
   """CLIPVisionModelWithProjection's layout, and first-EOS pooling when eos_token_id != 2."""
-  vis = _randomize(transformers.CLIPVisionModelWithProjection(
+  vis = randomize(transformers.CLIPVisionModelWithProjection(
       transformers.CLIPVisionConfig(**VISION_KW, projection_dim=16)), 0.2)
   vis.save_pretrained(tmp_path / "vis")
-  text = _randomize(transformers.CLIPTextModelWithProjection(
+  text = randomize(transformers.CLIPTextModelWithProjection(
       transformers.CLIPTextConfig(**{**TEXT_KW, "eos_token_id": 7}, projection_dim=16)), 0.2)
   text.save_pretrained(tmp_path / "txt")
   px = np.random.RandomState(3).randn(2, 3, 32, 32).astype(np.float32)
