@@ -1,0 +1,117 @@
+"""Is a train-mode float32 parity gap a jdd error, or a ReLU gate within rounding of its threshold?
+
+The parity tests compare the input gradient of the SRe2L recover loss (train-mode BN) with torch
+float64. For some networks jitted jdd float32 lands 1e-3..5e-2 away while torch float32 sits
+much closer, or the other way round. This script tells the two explanations apart for one case:
+
+  1. it prints jdd float32 (jitted) and torch float32, each against torch float64;
+  2. in float64, it moves the input by `eps * noise` (unit-variance input; float32 rounding of
+     the input is ~6e-8, and float32 programs accumulate ~1e-6 relative error in deep layers)
+     and prints how far the float64 gradient moves, and how far jdd float32 and torch float32
+     are from the float64 gradient *at the moved input*.
+
+A gradient that jumps by a fixed amount between two tiny eps (while moving ~eps elsewhere) is
+discontinuous there: a ReLU/ReLU6 gate sits that close to its threshold. If jdd float32 then
+matches the float64 gradient at a moved input to ~1e-6, it computed the exact gradient of an
+input float32 cannot tell from the test input, and the gap is not a jdd error (docs/teachers.md,
+"Parity with PyTorch"). Needs the test extra (torch, torchvision):
+
+  python scripts/gradient_tie_probe.py cifar_mobilenet_v2
+  python scripts/gradient_tie_probe.py small_densenet --seed 25 --eps 1e-7,1e-6,3e-6
+  python scripts/gradient_tie_probe.py densenet121_cifar      # minutes (float64 compile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from jdd.models import build_model, ordered_bn_stats, torch_key_fn  # noqa: E402
+from jdd.objectives.bn_matching import bn_statistics_loss  # noqa: E402
+from tests.test_parity_dense_eff import KLDenseNet  # noqa: E402
+from tests.test_parity_mobile import TorchCifarMobileNetV2, _fit_running_stats  # noqa: E402
+from tests.torch_parity import (convert, jax_recover_terms, randomise,  # noqa: E402
+                                torch_recover_terms)
+
+
+def _case(name: str, seed: int):
+  """(torch model, jdd model, arch, torch naming, image size, batch), as its parity test."""
+  torch.manual_seed(seed)   # the tests' global seed (tests/conftest.py): torch's own layer init
+  if name == "cifar_mobilenet_v2":
+    tm = _fit_running_stats(randomise(TorchCifarMobileNetV2(10), seed=3), 32, seed=4)
+    return tm, build_model("mobilenet_v2", 10, variant="cifar"), "mobilenet_v2", "kuangliu", 32, 2
+  if name == "small_densenet":
+    cfg = dict(growth_rate=8, block_config=(2, 3, 1, 2))
+    tm = randomise(KLDenseNet(cfg["block_config"], 8, 10), seed=0)
+    return (tm, build_model("densenet121", 10, variant="cifar", **cfg), "densenet121", "kuangliu",
+            32, 4)
+  if name == "densenet121_cifar":
+    tm = randomise(KLDenseNet((6, 12, 24, 16), 32, 10), seed=0)
+    return tm, build_model("densenet121", 10, variant="cifar"), "densenet121", "kuangliu", 32, 4
+  if name == "densenet121":
+    tm = randomise(torchvision.models.densenet121(num_classes=10), seed=0)
+    return tm, build_model("densenet121", 10), "densenet121", "torchvision", 64, 4
+  raise SystemExit(f"unknown case {name!r}")
+
+
+def _rel(a, ref) -> float:
+  return float(np.abs(np.asarray(a) - ref).max() / np.abs(ref).max())
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("case", choices=["cifar_mobilenet_v2", "small_densenet", "densenet121_cifar",
+                                  "densenet121"])
+  p.add_argument("--seed", type=int, default=0, help="torch global seed before building the net")
+  p.add_argument("--eps", default="1e-9,1e-8,3e-8,1e-7,1e-6")
+  p.add_argument("--directions", type=int, default=3)
+  a = p.parse_args(argv)
+  tm, jm, arch, naming, hw, batch = _case(a.case, a.seed)
+  variables = convert(tm, jm, (hw, hw, 3), torch_key_fn(arch, naming), arch)
+  g = torch.Generator().manual_seed(1)      # check_parity's input and targets
+  x = torch.randn(batch, 3, hw, hw, generator=g)
+  t = torch.randint(0, 10, (batch,), generator=g)
+  xj, tj = jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), jnp.asarray(t.numpy())
+  t0 = time.time()
+  t64 = torch_recover_terms(copy.deepcopy(tm).double(), x.double(), t, True)["grad"]
+  t32 = torch_recover_terms(copy.deepcopy(tm), x, t, True)["grad"]
+  j32 = jax_recover_terms(jm, variables, xj, tj, True)["grad"]
+  print(f"{a.case} seed {a.seed}, train mode, vs torch float64: jdd float32 (jit) "
+        f"{_rel(j32, t64):.2e}, torch float32 {_rel(t32, t64):.2e}  ({time.time() - t0:.0f} s)",
+        flush=True)
+  with jax.enable_x64(True):
+    v64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
+    m64 = jm.clone(dtype=jnp.float64)
+
+    def objective(xx):
+      logits, col = m64.apply(v64, xx, train=True, mutable=["bn_stats", "batch_stats"])
+      ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tj[:, None], axis=1))
+      return ce + 0.01 * bn_statistics_loss(ordered_bn_stats(col["bn_stats"]))
+
+    grad64 = jax.jit(jax.grad(objective))
+    x64 = jnp.asarray(xj, jnp.float64)
+    g0 = np.asarray(grad64(x64))
+    print(f"jdd float64 vs torch float64: {_rel(g0, t64):.2e}", flush=True)
+    for d in range(a.directions):
+      noise = np.random.default_rng(d).normal(size=xj.shape)
+      print(f"direction {d}:")
+      for eps in (float(e) for e in a.eps.split(",")):
+        ge = np.asarray(grad64(x64 + eps * noise))
+        print(f"  eps {eps:8.1e}: float64 gradient moves {_rel(ge, g0):.2e}; there jdd float32 "
+              f"is {_rel(j32, ge):.2e} off it, torch float32 {_rel(t32, ge):.2e}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
