@@ -26,8 +26,8 @@ from jdd.models.diffusion import schedulers as S  # noqa: E402
 from third_party import convert_diffusers  # noqa: E402
 from third_party.torch_to_flax import CheckpointMismatchError  # noqa: E402
 
-from diffusers_fixtures import (SD_SCHEDULER, TEXT_KW, VISION_KW, convert,  # noqa: E402
-                                randomize, write_tiny_sd)
+from tests.diffusers_fixtures import (SD_SCHEDULER, TEXT_KW, VISION_KW, convert,  # noqa: E402
+                                      randomize, write_tiny_sd)
 
 TOL = 1e-4
 

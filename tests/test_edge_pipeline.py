@@ -36,18 +36,24 @@ def smoke_run(tmp_path_factory):
   return base, work, results
 
 
-@pytest.mark.slow
-def test_smoke_end_to_end_results(smoke_run):
-  _, work, results = smoke_run
+def check_smoke_results(work, backend, pairs=6, finetune_steps=3) -> dict:
+  """The smoke's results.json: method, backend, both pair sets scored, fine-tuning steps."""
   on_disk = json.load(open(os.path.join(work, "results.json")))
-  assert on_disk["method"] == "edge" and on_disk["backend"] == "offline"
-  for name in ("distilled_edge", "random_6"):
-    assert on_disk[name]["num_pairs"] == 6
+  assert on_disk["method"] == "edge" and on_disk["backend"] == backend
+  for name in ("distilled_edge", f"random_{pairs}"):
+    assert on_disk[name]["num_pairs"] == pairs
     for block in ("test", "reference_protocol_best_test"):
       for m in METRICS:
         cell = on_disk[name]["summary"][block][m]
         assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0
-  assert on_disk["edge"]["finetune_steps"] == 3
+  assert on_disk["edge"]["finetune_steps"] == finetune_steps
+  return on_disk
+
+
+@pytest.mark.slow
+def test_smoke_end_to_end_results(smoke_run):
+  _, work, results = smoke_run
+  on_disk = check_smoke_results(work, "offline")
   assert on_disk["edge"]["setup"]["scaling_factor"] > 0
   for stage in ("edge_vae", "edge_unet", "edge_finetune"):
     assert os.path.isdir(os.path.join(work, "checkpoints", stage))

@@ -34,15 +34,15 @@ pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 
-from diffusers_fixtures import TEXT_KW, convert, write_tiny_sd  # noqa: E402
+from tests.diffusers_fixtures import TEXT_KW, convert, write_tiny_sd  # noqa: E402
 from jdd import checkpoint, edge_pipeline, image_text  # noqa: E402
 from jdd import run as run_lib  # noqa: E402
 from jdd.config import load_config, override  # noqa: E402
 from jdd.data.captions import read_train_annotations  # noqa: E402
 from jdd.evaluation import retrieval  # noqa: E402
-from jdd.evaluation.retrieval import METRICS  # noqa: E402
 from jdd.methods import edge  # noqa: E402
 from jdd.models.diffusion import load_components  # noqa: E402
+from tests.test_edge_pipeline import check_smoke_results  # noqa: E402
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,16 +137,8 @@ def test_tokenizer_and_text_towers_agree(sd_folder, tmp_path):
 @pytest.mark.slow
 def test_sd_end_to_end_results(sd_run, sd_folder):
   _, work, results = sd_run
-  on_disk = json.load(open(os.path.join(work, "results.json")))
-  assert on_disk["method"] == "edge" and on_disk["backend"] == "sd"
+  on_disk = check_smoke_results(work, "sd")
   assert on_disk["edge"]["setup"] == {"sd_path": sd_folder["sd"]}
-  assert on_disk["edge"]["finetune_steps"] == 3
-  for name in ("distilled_edge", "random_6"):
-    assert on_disk[name]["num_pairs"] == 6
-    for block in ("test", "reference_protocol_best_test"):
-      for m in METRICS:
-        cell = on_disk[name]["summary"][block][m]
-        assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0
   assert on_disk["distilled_edge"]["pairs_budget"] == 6
   assert results["distilled_edge"]["summary"] == on_disk["distilled_edge"]["summary"]
   # Nothing is pretrained on this backend: the converted U-Net is fine-tuned directly.
