@@ -70,15 +70,15 @@ def _rel(a, ref) -> float:
   return float(np.abs(np.asarray(a) - ref).max() / np.abs(ref).max())
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("case", choices=["cifar_mobilenet_v2", "small_densenet", "densenet121_cifar",
-                                  "densenet121"])
-  p.add_argument("--seed", type=int, default=0, help="torch global seed before building the net")
-  p.add_argument("--eps", default="1e-9,1e-8,3e-8,1e-7,1e-6")
-  p.add_argument("--directions", type=int, default=3)
-  a = p.parse_args(argv)
-  tm, jm, arch, naming, hw, batch = _case(a.case, a.seed)
+def probe(case: str, seed: int = 0, eps=(1e-9, 1e-8, 3e-8, 1e-7, 1e-6), directions: int = 3,
+          report=print) -> dict:
+  """Runs the probe; returns the relative errors (of the largest entry) it printed.
+
+  Keys: `jdd32`, `torch32`, `jdd64` (each vs torch float64 at the test input) and `moves`, a
+  list of dicts (direction, eps, moved = float64 gradient's move, jdd32 / torch32 = each float32
+  result vs the float64 gradient at the moved input).
+  """
+  tm, jm, arch, naming, hw, batch = _case(case, seed)
   variables = convert(tm, jm, (hw, hw, 3), torch_key_fn(arch, naming), arch)
   g = torch.Generator().manual_seed(1)      # check_parity's input and targets
   x = torch.randn(batch, 3, hw, hw, generator=g)
@@ -88,9 +88,9 @@ def main(argv=None) -> None:
   t64 = torch_recover_terms(copy.deepcopy(tm).double(), x.double(), t, True)["grad"]
   t32 = torch_recover_terms(copy.deepcopy(tm), x, t, True)["grad"]
   j32 = jax_recover_terms(jm, variables, xj, tj, True)["grad"]
-  print(f"{a.case} seed {a.seed}, train mode, vs torch float64: jdd float32 (jit) "
-        f"{_rel(j32, t64):.2e}, torch float32 {_rel(t32, t64):.2e}  ({time.time() - t0:.0f} s)",
-        flush=True)
+  out = {"jdd32": _rel(j32, t64), "torch32": _rel(t32, t64), "moves": []}
+  report(f"{case} seed {seed}, train mode, vs torch float64: jdd float32 (jit) "
+         f"{out['jdd32']:.2e}, torch float32 {out['torch32']:.2e}  ({time.time() - t0:.0f} s)")
   with jax.enable_x64(True):
     v64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
     m64 = jm.clone(dtype=jnp.float64)
@@ -103,14 +103,31 @@ def main(argv=None) -> None:
     grad64 = jax.jit(jax.grad(objective))
     x64 = jnp.asarray(xj, jnp.float64)
     g0 = np.asarray(grad64(x64))
-    print(f"jdd float64 vs torch float64: {_rel(g0, t64):.2e}", flush=True)
-    for d in range(a.directions):
+    out["jdd64"] = _rel(g0, t64)
+    report(f"jdd float64 vs torch float64: {out['jdd64']:.2e}")
+    for d in range(directions):
       noise = np.random.default_rng(d).normal(size=xj.shape)
-      print(f"direction {d}:")
-      for eps in (float(e) for e in a.eps.split(",")):
-        ge = np.asarray(grad64(x64 + eps * noise))
-        print(f"  eps {eps:8.1e}: float64 gradient moves {_rel(ge, g0):.2e}; there jdd float32 "
-              f"is {_rel(j32, ge):.2e} off it, torch float32 {_rel(t32, ge):.2e}", flush=True)
+      report(f"direction {d}:")
+      for e in eps:
+        ge = np.asarray(grad64(x64 + e * noise))
+        m = {"direction": d, "eps": e, "moved": _rel(ge, g0), "jdd32": _rel(j32, ge),
+             "torch32": _rel(t32, ge)}
+        out["moves"].append(m)
+        report(f"  eps {e:8.1e}: float64 gradient moves {m['moved']:.2e}; there jdd float32 "
+               f"is {m['jdd32']:.2e} off it, torch float32 {m['torch32']:.2e}")
+  return out
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("case", choices=["cifar_mobilenet_v2", "small_densenet", "densenet121_cifar",
+                                  "densenet121"])
+  p.add_argument("--seed", type=int, default=0, help="torch global seed before building the net")
+  p.add_argument("--eps", default="1e-9,1e-8,3e-8,1e-7,1e-6")
+  p.add_argument("--directions", type=int, default=3)
+  a = p.parse_args(argv)
+  probe(a.case, a.seed, [float(e) for e in a.eps.split(",")], a.directions,
+        report=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

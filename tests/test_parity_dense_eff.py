@@ -8,6 +8,7 @@ recover-loss input gradient, eval and train mode.
 """
 
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -249,6 +250,28 @@ def test_densenet_small_cifar_parity():
                  {"variant": "cifar", "growth_rate": 8, "block_config": (2, 3, 1, 2)},
                  "kuangliu", 32)
   assert n_bn == 2 * 8 + 3 + 1
+
+
+def _tie_probe():
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                      "gradient_tie_probe.py")
+  spec = importlib.util.spec_from_file_location("gradient_tie_probe", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.probe
+
+
+def test_float32_gap_is_a_relu_tie_seed_25():
+  """F32_TRAIN_GAP's claim on the small CIFAR DenseNet of seed 25: its float64 gradient jumps
+  under a 1e-6 input move (a tie), and jdd float32 is, to 1e-5, the float64 gradient at the test
+  input or at one of the moved inputs: exact for an input float32 cannot tell apart."""
+  r = _tie_probe()("small_densenet", seed=25, eps=(1e-6,), directions=2, report=lambda s: None)
+  assert r["jdd64"] < 1e-6                                   # float64: jdd equals torch
+  assert max(m["moved"] for m in r["moves"]) > 1e-2          # the gradient steps: a tie
+  nearest = min([r["jdd32"]] + [m["jdd32"] for m in r["moves"]])
+  assert nearest < 1e-5, r
+  assert min([r["torch32"]] + [m["torch32"] for m in r["moves"]]) < 1e-5, r
 
 
 # Stem 32 -> one unexpanded block, a residual stage, a 5x5 stage: every kind of block of B0.
