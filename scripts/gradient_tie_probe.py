@@ -38,11 +38,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from jdd.models import build_model, ordered_bn_stats, torch_key_fn  # noqa: E402
-from jdd.objectives.bn_matching import bn_statistics_loss  # noqa: E402
+from jdd.models import build_model, torch_key_fn  # noqa: E402
 from tests.test_parity_dense_eff import KLDenseNet  # noqa: E402
 from tests.test_parity_mobile import TorchCifarMobileNetV2, _fit_running_stats  # noqa: E402
-from tests.torch_parity import (convert, jax_recover_terms, randomise,  # noqa: E402
+from tests.torch_parity import (convert, float64_model, jax_recover_grad_fn,  # noqa: E402
+                                jax_recover_terms, parity_inputs, randomise,
                                 torch_recover_terms)
 
 
@@ -80,10 +80,8 @@ def probe(case: str, seed: int = 0, eps=(1e-9, 1e-8, 3e-8, 1e-7, 1e-6), directio
   """
   tm, jm, arch, naming, hw, batch = _case(case, seed)
   variables = convert(tm, jm, (hw, hw, 3), torch_key_fn(arch, naming), arch)
-  g = torch.Generator().manual_seed(1)      # check_parity's input and targets
-  x = torch.randn(batch, 3, hw, hw, generator=g)
-  t = torch.randint(0, 10, (batch,), generator=g)
-  xj, tj = jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), jnp.asarray(t.numpy())
+  x, t, xj = parity_inputs(batch, 3, hw, 10)    # check_parity's input and targets
+  tj = jnp.asarray(t.numpy())
   t0 = time.time()
   t64 = torch_recover_terms(copy.deepcopy(tm).double(), x.double(), t, True)["grad"]
   t32 = torch_recover_terms(copy.deepcopy(tm), x, t, True)["grad"]
@@ -92,15 +90,8 @@ def probe(case: str, seed: int = 0, eps=(1e-9, 1e-8, 3e-8, 1e-7, 1e-6), directio
   report(f"{case} seed {seed}, train mode, vs torch float64: jdd float32 (jit) "
          f"{out['jdd32']:.2e}, torch float32 {out['torch32']:.2e}  ({time.time() - t0:.0f} s)")
   with jax.enable_x64(True):
-    v64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
-    m64 = jm.clone(dtype=jnp.float64)
-
-    def objective(xx):
-      logits, col = m64.apply(v64, xx, train=True, mutable=["bn_stats", "batch_stats"])
-      ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tj[:, None], axis=1))
-      return ce + 0.01 * bn_statistics_loss(ordered_bn_stats(col["bn_stats"]))
-
-    grad64 = jax.jit(jax.grad(objective))
+    grad_fn = jax_recover_grad_fn(*float64_model(jm, variables), tj, train=True)
+    grad64 = lambda xx: grad_fn(xx)[0]
     x64 = jnp.asarray(xj, jnp.float64)
     g0 = np.asarray(grad64(x64))
     out["jdd64"] = _rel(g0, t64)

@@ -1,13 +1,12 @@
 import os
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-import numpy as np
-import pytest
 
 
 @pytest.fixture(autouse=True)

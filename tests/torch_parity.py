@@ -91,7 +91,8 @@ def torch_recover_terms(model, x_nchw, targets, train: bool, first_bn_multiplier
           "grad": x.grad.numpy().transpose(0, 2, 3, 1)}
 
 
-def jax_recover_terms(model, variables, x_nhwc, targets, train: bool):
+def jax_recover_grad_fn(model, variables, targets, train: bool):
+  """Jitted x -> (input gradient of the SRe2L recover loss, (logits, BN means, BN vars))."""
   mutable = ["bn_stats", "batch_stats"] if train else ["bn_stats"]
 
   def objective(x):
@@ -102,9 +103,28 @@ def jax_recover_terms(model, variables, x_nhwc, targets, train: bool):
     ce = -jnp.mean(jnp.take_along_axis(logp, targets[:, None], axis=1))
     return ce + 0.01 * bn, (logits, [e["mean"] for e in entries], [e["var"] for e in entries])
 
-  grad, (logits, means, varis) = jax.jit(jax.grad(objective, has_aux=True))(x_nhwc)
+  return jax.jit(jax.grad(objective, has_aux=True))
+
+
+def jax_recover_terms(model, variables, x_nhwc, targets, train: bool):
+  grad, (logits, means, varis) = jax_recover_grad_fn(model, variables, targets, train)(x_nhwc)
   return {"logits": np.asarray(logits), "bn_mean": [np.asarray(m) for m in means],
           "bn_var": [np.asarray(v) for v in varis], "grad": np.asarray(grad)}
+
+
+def float64_model(model, variables):
+  """The jdd model and variables in float64 (call under `jax.enable_x64(True)`)."""
+  return (model.clone(dtype=jnp.float64),    # the compute dtype of every layer
+          jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables))
+
+
+def parity_inputs(batch, channels, hw, num_classes, seed=1):
+  """The check's input (torch NCHW, and NHWC for jdd) and targets, drawn from `seed`."""
+  g = torch.Generator().manual_seed(seed)
+  h, w = (hw, hw) if isinstance(hw, int) else hw
+  x = torch.randn(batch, channels, h, w, generator=g)
+  targets = torch.randint(0, num_classes, (batch,), generator=g)
+  return x, targets, jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
 
 
 def assert_rel(got, want, tol, what):
@@ -128,11 +148,7 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
   each compute the exact gradient of a slightly different input, and which of them happens to
   sit close to float64 is luck (docs/teachers.md; scripts/gradient_tie_probe.py shows it).
   """
-  g = torch.Generator().manual_seed(seed)
-  h, w = (image_hw, image_hw) if isinstance(image_hw, int) else image_hw
-  x = torch.randn(batch, channels, h, w, generator=g)
-  targets = torch.randint(0, num_classes, (batch,), generator=g)
-  x_nhwc = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+  x, targets, x_nhwc = parity_inputs(batch, channels, image_hw, num_classes, seed)
   n_bn = 0
   for mode in modes:
     train = mode == "train"
@@ -154,8 +170,7 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
     scale32 = max(np.abs(t["grad"]).max(), 1e-12)
     if grad_in_float64:
       with jax.enable_x64(True):
-        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        m64 = jax_model.clone(dtype=jnp.float64)   # the compute dtype of every layer
+        m64, v64 = float64_model(jax_model, variables)
         j64 = jax_recover_terms(m64, v64, jnp.asarray(x_nhwc, jnp.float64),
                                 jnp.asarray(targets.numpy()), train)
       assert j64["grad"].dtype == np.float64
