@@ -20,7 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jdd import experts
+from jdd.loop import RunContext
+from jdd.stages import experts
 from jdd.models.nfnet import NFNet, NFNET_TINY
 from jdd.models.retrieval import RetrievalModel
 
@@ -47,11 +48,11 @@ def main():
   with tempfile.TemporaryDirectory() as work:
     # Compile outside the timing: one expert of one epoch in a throwaway store.
     warm = ml_collections.ConfigDict({**cfg.to_dict(), "num_experts": 1, "epochs": 1})
-    experts.train_experts(model, {}, feats, texts, image_index, warm, os.path.join(work, "w"),
-                          jax.random.key(1), features=True)
+    experts.train_experts(_context(warm, os.path.join(work, "w"), 1), model, {}, feats, texts,
+                          image_index, features=True)
     t = time.perf_counter()
-    store = experts.train_experts(model, {}, feats, texts, image_index, cfg,
-                                  os.path.join(work, "t"), jax.random.key(0), features=True)
+    store = experts.train_experts(_context(cfg, os.path.join(work, "t"), 0), model, {}, feats,
+                                  texts, image_index, features=True)
     dt = time.perf_counter() - t
     per_traj = store.nbytes() // store.num_experts
     read = experts.read_speed(store, 0)
@@ -62,6 +63,12 @@ def main():
         f"{steps * 128 / dt:.0f} pairs/s (includes snapshotting and per-epoch checkpoints)")
   print(f"trajectory: {len(store.epochs)} snapshots, {per_traj / 2**20:.1f} MiB; read one "
         f"whole trajectory from the store: {read * 1e3:.1f} ms (best of 5)")
+
+
+def _context(cfg, workdir: str, seed: int) -> RunContext:
+  config = ml_collections.ConfigDict(dict(seed=seed, log_every=10**9, checkpoint_every=10**9,
+                                          experts=cfg))
+  return RunContext.standalone(config, workdir, {"experts": jax.random.key(seed)})
 
 
 if __name__ == "__main__":

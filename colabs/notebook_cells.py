@@ -277,7 +277,7 @@ the run under `text_cache/`) and print the closest one with its cosine.
 '''),
     ("code", SHOW + r'''
 
-from jdd import image_text
+from jdd.stages import image_text
 from jdd.reporting import image_grid
 
 data = image_text.load_data(config)
@@ -317,7 +317,7 @@ import jax
 from jdd import checkpoint
 from jdd.data.captions import CLIP_MEAN, CLIP_STD
 from jdd.evaluation.retrieval import random_pairs
-from jdd.experts import ExpertStore
+from jdd.stages.experts import ExpertStore
 from jdd.methods import tm_vl
 from jdd.models.retrieval import normalize_images
 

@@ -83,7 +83,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
-  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=json_default)
                             + "\n").encode())
 
 
@@ -99,7 +99,7 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
-def _json_default(o):
+def json_default(o):
   if isinstance(o, (np.integer,)):
     return int(o)
   if isinstance(o, (np.floating,)):

@@ -18,7 +18,7 @@ from jdd.config import load_config, override
 from jdd.data.captions import load_image, read_train_annotations
 from jdd.evaluation.retrieval import METRICS
 from jdd.methods import edge
-from jdd.stages.context import SimulatedInterruption
+from jdd.loop import SimulatedInterruption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

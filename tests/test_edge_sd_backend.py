@@ -35,7 +35,8 @@ pytest.importorskip("transformers")
 import jax  # noqa: E402
 
 from tests.diffusers_fixtures import TEXT_KW, convert, write_tiny_sd  # noqa: E402
-from jdd import checkpoint, edge_pipeline, image_text  # noqa: E402
+from jdd import checkpoint  # noqa: E402
+from jdd.stages import edge_backends, image_text  # noqa: E402
 from jdd import run as run_lib  # noqa: E402
 from jdd.config import load_config, override  # noqa: E402
 from jdd.data.captions import read_train_annotations  # noqa: E402
@@ -97,7 +98,7 @@ def sd_run(sd_folder, tmp_path_factory):
 def test_tokenizer_and_text_towers_agree(sd_folder, tmp_path):
   """sd_setup's tokenizer is the one in the files, and both text towers pool at its EOS."""
   config = sd_config(sd_folder, tmp_path / "data")
-  setup = edge_pipeline.sd_setup(config)
+  setup = edge_backends.sd_setup(config)
   v = sd_folder["vocab"]
   bos, eos = v["<|startoftext|>"], v["<|endoftext|>"]
   ids, mask = setup.tokenize(["a red circle", ""])

@@ -8,11 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jdd import experts
+from jdd.stages import experts
 from jdd.evaluation import retrieval
 from jdd.models.nfnet import NFNet, NFNET_TINY
 from jdd.models.retrieval import RetrievalModel
-from jdd.stages.context import Budget, SimulatedInterruption
+from jdd.loop import RunContext, SimulatedInterruption
 
 FEAT, TEXT = 16, 12
 
@@ -41,6 +41,15 @@ def expert_cfg(**kw):
   return ml_collections.ConfigDict(c)
 
 
+def train(model, feats, texts, idx, cfg, workdir, key, interrupt_after=0):
+  """`experts.train_experts` on a hand-built run context (what the driver passes)."""
+  config = ml_collections.ConfigDict(dict(
+      seed=0, log_every=1000, checkpoint_every=1000, experts=cfg,
+      debug=ml_collections.ConfigDict({"interrupt_after": interrupt_after})))
+  ctx = RunContext.standalone(config, workdir, {"experts": key})
+  return experts.train_experts(ctx, model, {}, feats, texts, idx, features=True)
+
+
 def test_parse_shard():
   assert experts.parse_shard("") == (0, 1)
   assert experts.parse_shard("1/4") == (1, 4)
@@ -53,8 +62,7 @@ def test_train_experts_store_and_snapshots(tmp_path):
   model = tiny_model()
   feats, texts, idx = toy_pairs()
   key = jax.random.key(3)
-  store = experts.train_experts(model, {}, feats, texts, idx, expert_cfg(), str(tmp_path), key,
-                                features=True)
+  store = train(model, feats, texts, idx, expert_cfg(), str(tmp_path), key)
   assert store.done() == [0, 1, 2]
   assert store.epochs == [0, 1, 2]          # keep_epochs=2 of 3 trained
   traj = store.trajectory(1)
@@ -74,26 +82,22 @@ def test_train_experts_store_and_snapshots(tmp_path):
     store.snapshot(0, 3)
   # Reopening with other settings is refused instead of mixing trajectories.
   with pytest.raises(ValueError, match="other settings"):
-    experts.train_experts(model, {}, feats, texts, idx, expert_cfg(epochs=4), str(tmp_path),
-                          key, features=True)
+    train(model, feats, texts, idx, expert_cfg(epochs=4), str(tmp_path), key)
 
 
 def test_experts_resume_bit_exact_and_sharding(tmp_path):
   model = tiny_model()
   feats, texts, idx = toy_pairs()
   key = jax.random.key(5)
-  ref = experts.train_experts(model, {}, feats, texts, idx, expert_cfg(num_experts=2),
-                              str(tmp_path / "ref"), key, features=True)
+  ref = train(model, feats, texts, idx, expert_cfg(num_experts=2), str(tmp_path / "ref"), key)
   # Shard 1/2 first, then an interrupted shard 0/2, then a resume: same store, bit for bit.
   work = str(tmp_path / "work")
-  experts.train_experts(model, {}, feats, texts, idx, expert_cfg(num_experts=2, shard="1/2"),
-                        work, key, features=True)
-  with pytest.raises(SimulatedInterruption):
-    experts.train_experts(model, {}, feats, texts, idx, expert_cfg(num_experts=2, shard="0/2"),
-                          work, key, features=True, budget=Budget(2))
+  train(model, feats, texts, idx, expert_cfg(num_experts=2, shard="1/2"), work, key)
+  with pytest.raises(SimulatedInterruption):   # 3 steps per epoch: stops inside epoch 2
+    train(model, feats, texts, idx, expert_cfg(num_experts=2, shard="0/2"), work, key,
+          interrupt_after=5)
   assert experts.ExpertStore(os.path.join(work, "experts")).done() == [1]
-  got = experts.train_experts(model, {}, feats, texts, idx, expert_cfg(num_experts=2), work,
-                              key, features=True)
+  got = train(model, feats, texts, idx, expert_cfg(num_experts=2), work, key)
   for e in (0, 1):
     for m in ("image", "text"):
       np.testing.assert_array_equal(np.asarray(got.trajectory(e)[m]),

@@ -25,7 +25,7 @@ def _hp(resolutions=(16,), budgets=(10,), **kw):
               first_bn_multiplier=10.0, random_resized_crop=True, crop_scale=(0.08, 1.0),
               flip=True, jitter=2, mean=MEAN, std=STD)
   base.update(kw)
-  return fadrm.RecoverHParams(**base)
+  return fadrm.FadrmHParams(**base)
 
 
 class PooledNet(nn.Module):
@@ -284,10 +284,24 @@ def test_full_two_stage_recover_from_selected_patches():
     log.append((t, float(m["lr"])))
 
   batch = _batch(1)
-  mid = fadrm.run_stages(state0, batch, jax.random.key(7), (variables,), step_fn=step_fn, hp=hp,
-                         until=3, on_step=on_step)
+  schedule = fadrm.stage_schedule(hp.resolutions, hp.budgets)
+
+  def run_stages(state, until=hp.iterations, on_step=None):
+    """The recover stage's loop (jdd.stages.residual_matching) without its checkpoints: enter
+    the stage of global step t on its first step, rng fold_in(key, t)."""
+    for t in range(int(state.step), until):
+      stage = fadrm.stage_at(schedule, t)
+      if int(state.stage) != stage.index:
+        state = fadrm.enter_stage(state, hp, stage)
+      state, metrics = step_fn(state, batch, jax.random.fold_in(jax.random.key(7), t),
+                               (variables,))
+      if on_step is not None:
+        on_step(t, metrics)
+    return state
+
+  mid = run_stages(state0, until=3, on_step=on_step)
   assert mid.images.shape == (1, 4, 8, 8, 3) and int(mid.opt_state.count) == 3
-  entered = fadrm.enter_stage(mid, hp, fadrm.stage_schedule(hp.resolutions, hp.budgets)[1])
+  entered = fadrm.enter_stage(mid, hp, schedule[1])
   after4 = step_fn(entered, batch, jax.random.fold_in(jax.random.key(7), 3), (variables,))[0]
   # Fresh Adam: the first update of stage 1 moves every unclipped pixel by exactly lr_3.
   lr3 = float(fadrm.learning_rate(3, hp.lr, hp.iterations))
@@ -297,11 +311,9 @@ def test_full_two_stage_recover_from_selected_patches():
   assert delta.max() <= lr3 * (1 + 1e-5)
   assert np.mean(np.abs(delta[free] - lr3) < 1e-3 * lr3) > 0.9
 
-  final = fadrm.run_stages(mid, batch, jax.random.key(7), (variables,), step_fn=step_fn, hp=hp,
-                           on_step=on_step)
+  final = run_stages(mid, on_step=on_step)
   np.testing.assert_array_equal(np.asarray(final.images[0]), np.asarray(
-      fadrm.run_stages(after4, batch, jax.random.key(7), (variables,), step_fn=step_fn,
-                       hp=hp).images[0]))  # resuming mid-stage gives the same result
+      run_stages(after4).images[0]))  # resuming mid-stage gives the same result
   assert final.images.shape == (1, 4, 16, 16, 3) and int(final.step) == 6
   assert int(final.stage) == 1 and int(final.opt_state.count) == 3
   assert [t for t, _ in log] == [0, 1, 2, 3, 4, 5]

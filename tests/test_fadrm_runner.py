@@ -19,6 +19,7 @@ from jdd import models, training
 from jdd import run as run_lib
 from jdd.config import load_config, override
 from jdd.evaluation import classification
+from jdd.loop import SimulatedInterruption
 from jdd.methods import fadrm
 from jdd.stages import relabel
 
@@ -110,7 +111,7 @@ def test_interrupted_recover_resumes_across_the_resolution_change(reference_run,
 
   # 16 recover steps, checkpoints every 10: 13 steps stop in the 28-px stage, last checkpoint
   # at step 10, whose images are 28 px while a fresh state starts at 32 px.
-  with pytest.raises(run_lib.SimulatedInterruption):
+  with pytest.raises(SimulatedInterruption):
     run_lib.run(config(13), workdir)
   assert not os.path.exists(os.path.join(workdir, "export", "images.npy"))
   assert os.path.exists(os.path.join(workdir, "checkpoints", "recover_round00000", "10"))
@@ -121,10 +122,9 @@ def test_interrupted_recover_resumes_across_the_resolution_change(reference_run,
 
 
 def test_restore_template_has_the_saved_stage_resolution():
-  hp = fadrm.RecoverHParams(resolutions=(32, 28), budgets=(8, 8), lr=0.1, alpha=0.5, r_bn=0.01,
-                            first_bn_multiplier=10.0, random_resized_crop=False,
-                            crop_scale=(0.5, 1.0), flip=False, jitter=0, mean=(0.5,),
-                            std=(0.5,))
+  hp = fadrm.FadrmHParams(resolutions=(32, 28), budgets=(8, 8), lr=0.1, alpha=0.5, r_bn=0.01,
+                         first_bn_multiplier=10.0, random_resized_crop=False,
+                         crop_scale=(0.5, 1.0), flip=False, jitter=0, mean=(0.5,), std=(0.5,))
   patches = jnp.zeros((1, 2, 28, 28, 1))
   assert fadrm.restore_template(patches, hp, None).images.shape[2] == 32
   assert fadrm.restore_template(patches, hp, 8).images.shape[2] == 32   # steps 0..7: stage 0

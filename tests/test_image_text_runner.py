@@ -58,4 +58,4 @@ def test_unknown_baseline_and_encoder_errors(tmp_path):
   c = smoke_config(tmp_path, **{"image_encoder.checkpoint": str(tmp_path / "enc")})
   with pytest.raises(FileNotFoundError, match="card.json"):
     run_lib.run(c, str(tmp_path / "w2"))
-  np.testing.assert_equal(run_lib.IMAGE_TEXT_METHODS[0], "experts")
+  assert run_lib.driver_of(c).__name__ == "jdd.drivers.trajectory"

@@ -15,6 +15,7 @@ from jdd.config import load_config, override
 from jdd.data import augment, normalize
 from jdd.labels import infer as infer_labels
 from jdd.labels.source import Ensemble
+from jdd.loop import SimulatedInterruption
 from jdd.methods import infer, sre2l
 from jdd.models import ordered_bn_stats
 from jdd.stages import teachers as teachers_lib
@@ -293,7 +294,7 @@ def test_interrupted_recover_resumes_bit_identically(reference_run, tmp_path):
 
   # 10 iterations per teacher: 17 steps end the convnet round and stop the resnet18 one at 7
   # (last checkpoint at 5).
-  with pytest.raises(run_lib.SimulatedInterruption):
+  with pytest.raises(SimulatedInterruption):
     run_lib.run(config(17), workdir)
   assert not os.path.exists(os.path.join(workdir, "export", "images.npy"))
   assert os.path.exists(os.path.join(workdir, "recover_rounds", "convnet_round00000.npy"))

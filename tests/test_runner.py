@@ -12,6 +12,7 @@ import pytest
 
 from jdd import run as run_lib
 from jdd.config import load_config, override
+from jdd.loop import SimulatedInterruption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "sre2l_fashion_mnist.py")
@@ -54,7 +55,7 @@ def test_resume_after_interruption_is_bit_identical(reference_run, tmp_path):
   workdir = str(tmp_path / "interrupted")
   c = _small()
   override(c, **{"debug.interrupt_after": 25})  # squeeze has 11 steps: stops mid-recover
-  with pytest.raises(run_lib.SimulatedInterruption):
+  with pytest.raises(SimulatedInterruption):
     run_lib.run(c, workdir)
   assert not os.path.exists(os.path.join(workdir, "export", "images.npy"))
   assert os.path.exists(os.path.join(workdir, "checkpoints", "recover_round00000"))

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jdd import image_text
+from jdd import checkpoint, run as run_lib
 from jdd.config import load_config, override
 from jdd.data.captions import DatasetNotFoundError
 from jdd.methods import lors, mttvl, repblend, tm_vl
 from jdd.models.nfnet import NFNet, NFNET_TINY
 from jdd.models.retrieval import RetrievalModel
 from jdd.objectives import trajectory
-from jdd.stages.context import SimulatedInterruption
+from jdd.loop import SimulatedInterruption
 
 FEAT, TEXT, N, SIZE = 8, 6, 6, 8
 
@@ -178,7 +178,7 @@ def test_configs_and_missing_data_message(tmp_path):
   c = override(c, **{"dataset.ann_dir": str(tmp_path / "ann"),
                      "dataset.image_root": str(tmp_path / "img")})
   with pytest.raises(DatasetNotFoundError, match="configs/repblend_shapes.py"):
-    image_text.run(c, str(tmp_path / "w"))
+    run_lib.run(c, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")       # stopped before touching the workdir
 
 
@@ -190,7 +190,7 @@ def _smoke(root, **kw):
 @pytest.mark.slow  # about 6 CPU-minutes on 2 cores: scripts/test.sh --all
 def test_end_to_end_smoke_and_bit_exact_resume(tmp_path):
   data_root, w1, w2 = str(tmp_path / "data"), str(tmp_path / "w1"), str(tmp_path / "w2")
-  results = image_text.run(_smoke(data_root), w1)
+  results = run_lib.run(_smoke(data_root), w1)
   assert os.path.exists(os.path.join(w1, "results.json"))
   r = results["distilled_repblend"]
   assert r["num_pairs"] == 9 and r["pairs_budget"] == 10
@@ -198,10 +198,11 @@ def test_end_to_end_smoke_and_bit_exact_resume(tmp_path):
   assert "random_10" in results
   d = results["distill"]
   assert d["budget"]["synthetic_pairs"] == 9
-  assert [x["iteration"] for x in d["diagnostics"]] == [0, 2, 4, 6]
+  # logged every 2 iterations and at each checkpoint (every 3)
+  assert [x["iteration"] for x in d["diagnostics"]] == [0, 2, 3, 4, 6]
   assert {"intra_image_cos", "intra_text_cos", "modality_gap"} <= set(d["diagnostics"][-1])
   assert [e["iteration"] for e in d["periodic_evals"]] == [4]
-  manifest = image_text.checkpoint.read_json(os.path.join(w1, "export", "manifest.json"))
+  manifest = checkpoint.read_json(os.path.join(w1, "export", "manifest.json"))
   for f, size in manifest["files"].items():
     assert os.path.getsize(os.path.join(w1, "export", f)) == size
   # Resume: the same run from the same experts, interrupted mid-distillation, then resumed.
@@ -213,12 +214,12 @@ def test_end_to_end_smoke_and_bit_exact_resume(tmp_path):
     if f.startswith("distilled"):
       os.remove(os.path.join(w2, "eval", f))
   with pytest.raises(SimulatedInterruption):
-    image_text.run(_smoke(data_root, **{"debug.interrupt_after": 4}), w2)
+    run_lib.run(_smoke(data_root, **{"debug.interrupt_after": 4}), w2)
   assert not os.path.exists(os.path.join(w2, "export"))
-  image_text.run(_smoke(data_root), w2)
+  run_lib.run(_smoke(data_root), w2)
   for f in ("images.npy", "texts.npy", "similarity_left.npy", "similarity_right.npy",
             "similarity_diag.npy"):
     np.testing.assert_array_equal(np.load(os.path.join(w1, "export", f)),
                                   np.load(os.path.join(w2, "export", f)))
-  assert (image_text.checkpoint.read_json(os.path.join(w1, "export", "lrs.json")) ==
-          image_text.checkpoint.read_json(os.path.join(w2, "export", "lrs.json")))
+  assert (checkpoint.read_json(os.path.join(w1, "export", "lrs.json")) ==
+          checkpoint.read_json(os.path.join(w2, "export", "lrs.json")))

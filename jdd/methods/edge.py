@@ -55,11 +55,14 @@ from jdd.models.diffusion import clip as clip_lib
 from jdd.models.diffusion import schedulers as sched
 from jdd.models.diffusion import unet as unet_lib
 from jdd.models.diffusion.vae import sample_posterior
+from jdd.data.captions import CLIP_MEAN, CLIP_STD
+from jdd.models.retrieval import normalize_images
 from jdd.objectives.contrastive import contrastive_logits, infonce_loss
 
 DIFFFIT_SUBSTRINGS = ("bias", "norm", "gamma", "y_embed")
 UNET_INPUTS = ("noisy", "clean")
 CLIP_INPUTS = ("normalize", "raw")
+VAE_INPUTS = ("signed", "clip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +109,17 @@ class EdgeState:
 
 
 # ------------------------------------------------------------------------------ trainable mask
+
+
+def to_vae_input(images_u8: np.ndarray, mode: str) -> np.ndarray:
+  """uint8 images as the VAE reads them: 'signed' [-1, 1] (what SD's VAE was trained on) or
+  'clip' (CLIP-normalised, the released code's input)."""
+  x = images_u8.astype(np.float32) / 255.0
+  if mode == "signed":
+    return x * 2.0 - 1.0
+  if mode == "clip":
+    return normalize_images(images_u8, CLIP_MEAN, CLIP_STD)
+  raise ValueError(f"edge.vae_input must be one of {VAE_INPUTS}, got {mode!r}")
 
 
 def trainable_labels(unet_variables) -> Any:

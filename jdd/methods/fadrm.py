@@ -37,13 +37,11 @@ the images by that crop's score, and keep the best ipc * f^2. With `factor` f > 
 are tiled f x f (row-major, in rank order, each downsized to D/f) into one patch, RDED's mosaic;
 f = 1 gives one crop per patch. Scoring uses the first teacher of the list.
 
-Driver stage (`recover_stage`, registered as METHODS['fadrm'] in jdd.run): patches selected once
-(cached in W/recover_rounds/patches.npy, recorded in W/export/patch_init.json), then the groups
-in rounds of `recover.groups_per_step`, each one checkpointed loop over the global step that
-enters a new stage (ARC merge + fresh Adam) on the stage's first step. A checkpoint saved at
-step L holds images at the resolution of stage_at(L - 1), so the restore template is built at
-that resolution. FADRM and FADRM+ are the same stage: `config.teacher_names` lists one teacher
-or M, cycled in that order.
+The recover stage (patch selection, rounds of class groups, checkpoints and the export) is
+`jdd.stages.residual_matching`; this module is the maths. A checkpoint saved at step L holds
+images at the resolution of stage_at(L - 1), so `restore_template` builds the restore template
+at that resolution. FADRM and FADRM+ are the same functions: `teachers` holds one teacher or M,
+cycled in that order.
 
 Deliberate differences from the reference code (§5.7):
 - every draw is keyed (the reference seeds nothing); group g's augmentation at step t comes
@@ -58,8 +56,6 @@ Deliberate differences from the reference code (§5.7):
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,13 +65,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdd import checkpoint, mesh as mesh_lib
-from jdd.data import augment, normalize
+from jdd.data import augment
 from jdd.methods import sre2l
 from jdd.objectives import bn_statistics_loss_from_collection
-from jdd.stages import teachers as teachers_lib
-from jdd.stages.context import DistilledSet, StageContext
-from jdd.stages.recover import export_dir, save_grid
 
 # Shared with SRe2L: class blocks per group and the uint8 export.
 group_targets = sre2l.group_targets
@@ -84,7 +76,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
-class RecoverHParams:
+class FadrmHParams:
   resolutions: tuple[int, ...]   # D_s per stage
   budgets: tuple[int, ...]       # T_s per stage
   lr: float
@@ -98,7 +90,6 @@ class RecoverHParams:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   compute_dtype: str = "float32"
-  jitter_symmetric: bool = False  # FADRM always draws randint(0, J); kept for sre2l.augment_batch
 
   def __post_init__(self):
     if len(self.resolutions) != len(self.budgets) or not self.budgets:
@@ -117,9 +108,15 @@ class RecoverHParams:
   def iterations(self) -> int:
     return int(sum(self.budgets))
 
+  @property
+  def augmentation(self) -> sre2l.RecoverAugmentation:
+    """SRe2L's recover augmentation; FADRM always rolls by randint(0, J)."""
+    return sre2l.RecoverAugmentation(self.random_resized_crop, self.crop_scale, self.flip,
+                                     self.jitter)
 
-def hparams_from_config(rc, mean, std) -> RecoverHParams:
-  return RecoverHParams(
+
+def hparams_from_config(rc, mean, std) -> FadrmHParams:
+  return FadrmHParams(
       resolutions=tuple(int(r) for r in rc.resolutions),
       budgets=tuple(int(b) for b in rc.budgets), lr=float(rc.lr), alpha=float(rc.alpha),
       r_bn=float(rc.r_bn), first_bn_multiplier=float(rc.first_bn_multiplier),
@@ -170,7 +167,7 @@ def make_adam() -> optax.GradientTransformation:
 
 
 @flax.struct.dataclass
-class RecoverState:
+class FadrmState:
   images: jax.Array    # (G, B, D_s, D_s, C) float32, normalised pixel space, current stage
   patches: jax.Array   # (G, B, H, W, C) float32 real patches at full resolution (ARC target)
   opt_state: Any       # Adam moments of the current stage
@@ -189,15 +186,15 @@ def resize(x: jax.Array, size: int) -> jax.Array:
   return augment.resized_crop(flat, box, (size, size)).reshape(lead + (size, size, c))
 
 
-def clip_to_valid(x: jax.Array, hp: RecoverHParams) -> jax.Array:
+def clip_to_valid(x: jax.Array, hp: FadrmHParams) -> jax.Array:
   return sre2l.clip_to_valid(x, hp)
 
 
-def init(patches: jax.Array, hp: RecoverHParams) -> RecoverState:
+def init(patches: jax.Array, hp: FadrmHParams) -> FadrmState:
   """Stage-0 state: images = Resize_{D_0}(P). `patches` is (G, B, H, W, C), normalised."""
   patches = jnp.asarray(patches, jnp.float32)
   images = clip_to_valid(resize(patches, hp.resolutions[0]), hp)
-  return RecoverState(images=images, patches=patches, opt_state=make_adam().init(images),
+  return FadrmState(images=images, patches=patches, opt_state=make_adam().init(images),
                       step=jnp.zeros((), jnp.int32), stage=jnp.zeros((), jnp.int32))
 
 
@@ -207,7 +204,7 @@ def residual_merge(images: jax.Array, patches: jax.Array, resolution: int,
   return alpha * resize(images, resolution) + (1.0 - alpha) * resize(patches, resolution)
 
 
-def enter_stage(state: RecoverState, hp: RecoverHParams, stage: Stage) -> RecoverState:
+def enter_stage(state: FadrmState, hp: FadrmHParams, stage: Stage) -> FadrmState:
   """Stage boundary: residual merge at the new resolution and a fresh Adam; the step runs on."""
   images = residual_merge(state.images, state.patches, stage.resolution, hp.alpha)
   return state.replace(images=images, opt_state=make_adam().init(images),
@@ -231,7 +228,7 @@ def with_compute_dtype(model, compute_dtype: str):
   return model.clone(dtype=COMPUTE_DTYPES[compute_dtype])
 
 
-def group_loss(x, targets, key, teacher_variables, *, model, hp: RecoverHParams):
+def group_loss(x, targets, key, teacher_variables, *, model, hp: FadrmHParams):
   """One teacher's loss on one class batch; returns (loss, (ce, bn, top1))."""
   x_aug = sre2l.augment_batch(key, x, hp)
   model = with_compute_dtype(model, hp.compute_dtype)
@@ -247,8 +244,8 @@ def group_loss(x, targets, key, teacher_variables, *, model, hp: RecoverHParams)
   return ce + hp.r_bn * bn, (ce, bn, top1)
 
 
-def step(state: RecoverState, batch: dict, rng: jax.Array, teachers: Sequence[Any], *,
-         models: Sequence[Any], hp: RecoverHParams):
+def step(state: FadrmState, batch: dict, rng: jax.Array, teachers: Sequence[Any], *,
+         models: Sequence[Any], hp: FadrmHParams):
   """One Adam step on all groups through teacher (state.step mod M).
 
   batch: {'targets': (G, B) int, 'group_ids': (G,) int}. `teachers` is a tuple of variable
@@ -281,26 +278,6 @@ def step(state: RecoverState, batch: dict, rng: jax.Array, teachers: Sequence[An
   images = clip_to_valid(state.images - lr * direction, hp)
   metrics = {**metrics, "lr": lr, "teacher": index.astype(jnp.float32)}
   return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
-
-
-def run_stages(state: RecoverState, batch: dict, key: jax.Array, teachers, *,
-               step_fn: Callable, hp: RecoverHParams, until: int | None = None,
-               on_step: Callable | None = None) -> RecoverState:
-  """Runs from `state.step` to `until` (default: the end), entering each stage on its first
-  step. `step_fn(state, batch, rng, teachers)` is `step` with models/hp bound, jitted by the
-  caller; rng at global step t is fold_in(key, t), so a state restored mid-run continues
-  bit-identically. `on_step(t, metrics)` sees every step's metrics (logging, checkpoints).
-  """
-  schedule = stage_schedule(hp.resolutions, hp.budgets)
-  until = hp.iterations if until is None else int(until)
-  for t in range(int(state.step), until):
-    stage = stage_at(schedule, t)
-    if int(state.stage) != stage.index:
-      state = enter_stage(state, hp, stage)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(key, t), teachers)
-    if on_step is not None:
-      on_step(t, metrics)
-  return state
 
 
 # ------------------------------------------------------------------ patch initialisation
@@ -385,65 +362,10 @@ def arrange_patches(class_patches: np.ndarray, targets: np.ndarray) -> np.ndarra
   return np.asarray(class_patches)[targets, np.broadcast_to(slot, targets.shape)]
 
 
-# ------------------------------------------------------------------------ driver stage
+# ------------------------------------------------------------------------- resuming
 
 
-def select_patches(ctx: StageContext, teacher, ipc: int) -> tuple[np.ndarray, dict]:
-  """(C, ipc, H, W, ch) normalised real patches scored by `teacher`, and their record.
-
-  Candidates are `recover.init.candidates_per_class` training images per class (0: the minimum,
-  ipc * factor^2, so nothing is ranked away) drawn with fold_in(recover_init, 0); the crops of
-  class c use fold_in(fold_in(recover_init, 1), c). A streamed training split (ImageNet) gives
-  its first N images per class instead of a keyed draw.
-  """
-  config, data = ctx.config, ctx.data
-  ic = config.recover.init
-  if ic.method != "patches":
-    raise ValueError(f"recover.init.method={ic.method!r}: FADRM starts from real patches "
-                     "('patches')")
-  factor, crops = int(ic.factor), int(ic.crops_per_image)
-  per_class = int(ic.candidates_per_class) or ipc * factor * factor
-  base = ctx.keys["recover_init"]
-  if hasattr(data.train, "images"):
-    cand = candidate_indices(jax.random.fold_in(base, 0), data.train.labels, data.num_classes,
-                             per_class)
-    pool = data.train.images[cand.reshape(-1)].reshape(cand.shape + tuple(data.image_shape))
-    source = "train split, keyed draw without replacement per class (fold_in(recover_init, 0))"
-  else:
-    pool = data.train.take_per_class(per_class, data.num_classes).images.reshape(
-        (data.num_classes, per_class) + tuple(data.image_shape))
-    cand = None
-    source = "train split, first N images of each class in record order (streamed)"
-  select = jax.jit(functools.partial(
-      select_class_patches, model=teacher.model, ipc=ipc, crops_per_image=crops, factor=factor,
-      crop_scale=tuple(float(x) for x in ic.crop_scale)))
-  crop_key = jax.random.fold_in(base, 1)
-  patches, classes = [], []
-  for c in range(data.num_classes):
-    x = normalize(jnp.asarray(pool[c]), data.mean, data.std)
-    out = jax.device_get(select(jax.random.fold_in(crop_key, c), x, c, teacher.variables))
-    patches.append(np.asarray(out["patches"], np.float32))
-    chosen = np.asarray(out["image_index"])
-    classes.append({
-        "class": c, "candidate_index": chosen.tolist(),
-        "train_indices": cand[c][chosen].tolist() if cand is not None else None,
-        "crop_index": np.asarray(out["crop_index"]).tolist(),
-        "ce": [round(float(v), 6) for v in np.asarray(out["ce"])]})
-  record = {"method": "teacher-scored real crops (RDED-style; see jdd.methods.fadrm)",
-            "scored_by": teacher.name, "seed": int(config.seed),
-            "key": "fold_in(key(seed), 1) (recover_init)", "source": source,
-            "candidates_per_class": per_class, "crops_per_image": crops, "factor": factor,
-            "crop_scale": list(ic.crop_scale), "classes": classes}
-  return np.stack(patches), record
-
-
-def _patch_summary(record: dict) -> dict:
-  out = {k: v for k, v in record.items() if k != "classes"}
-  out["per_class"] = "export/patch_init.json (chosen images, crops and their teacher CE)"
-  return out
-
-
-def restore_template(patches: jax.Array, hp: RecoverHParams, saved_step: int | None):
+def restore_template(patches: jax.Array, hp: FadrmHParams, saved_step: int | None):
   """A state shaped like the checkpoint at `saved_step`: its images have the resolution of the
   stage the last executed step (saved_step - 1) ran in, not the first stage's."""
   state = init(patches, hp)
@@ -452,86 +374,3 @@ def restore_template(patches: jax.Array, hp: RecoverHParams, saved_step: int | N
     if stage.index:
       state = enter_stage(state, hp, stage).replace(step=jnp.asarray(saved_step, jnp.int32))
   return state
-
-
-def _manifest_extra(hp: RecoverHParams, names: Sequence[str], record: dict) -> dict:
-  schedule = stage_schedule(hp.resolutions, hp.budgets)
-  return {"fadrm": {
-      "variant": "FADRM+" if len(names) > 1 else "FADRM",
-      "round_robin_teachers": list(names),
-      "stages": [{"index": s.index, "start": s.start, "stop": s.stop,
-                  "resolution": s.resolution} for s in schedule],
-      "alpha": hp.alpha, "lr": hp.lr, "compute_dtype": hp.compute_dtype,
-      "optimizer": "Adam(0.5, 0.9) re-initialised per stage, one global cosine",
-      "patch_init": _patch_summary(record)}}
-
-
-def recover_stage(ctx: StageContext) -> DistilledSet:
-  """Real patches -> multi-stage data residual matching -> W/export (images.npy last)."""
-  config, data, mesh, workdir = ctx.config, ctx.data, ctx.mesh, ctx.workdir
-  rc = config.recover
-  edir = export_dir(workdir)
-  teachers = teachers_lib.ordered(ctx)   # FADRM+: teacher (t mod M) at global step t
-  names = [t.name for t in teachers]
-  hp = hparams_from_config(rc, data.mean, data.std)
-  init_path = os.path.join(edir, "patch_init.json")
-  if os.path.exists(os.path.join(edir, "images.npy")):
-    print("[recover] distilled images already exported: skipped", flush=True)
-    return DistilledSet(np.load(os.path.join(edir, "images.npy")),
-                        np.load(os.path.join(edir, "labels.npy")),
-                        extra=_manifest_extra(hp, names, checkpoint.read_json(init_path)))
-  ipc = int(rc.ipc)
-  targets = group_targets(data.num_classes, int(rc.classes_per_batch), ipc)
-  rounds_dir = os.path.join(workdir, "recover_rounds")
-  patch_path = os.path.join(rounds_dir, "patches.npy")
-  if os.path.exists(patch_path) and os.path.exists(init_path):
-    class_patches, record = np.load(patch_path), checkpoint.read_json(init_path)
-  else:
-    print(f"[recover] selecting {ipc} real patches per class, scored by {names[0]}", flush=True)
-    class_patches, record = select_patches(ctx, teachers[0], ipc)
-    checkpoint.atomic_write_json(init_path, record)
-    checkpoint.atomic_save_npy(patch_path, class_patches)
-  arranged = arrange_patches(class_patches, targets)          # (G, B, H, W, ch)
-  schedule = stage_schedule(hp.resolutions, hp.budgets)
-  print(f"[recover] {'FADRM+' if len(names) > 1 else 'FADRM'}: stages "
-        f"{[(s.resolution, s.stop - s.start) for s in schedule]}, teachers {names}", flush=True)
-  variables = tuple(mesh_lib.replicate(t.variables, mesh) for t in teachers)
-  jitted = jax.jit(functools.partial(step, models=tuple(t.model for t in teachers), hp=hp))
-
-  def step_fn(state, batch, rng):
-    stage = stage_at(schedule, int(state.step))
-    if int(state.stage) != stage.index:
-      state = enter_stage(state, hp, stage)
-    return jitted(state, batch, rng, variables)
-
-  num_groups = len(targets)
-  per_round = min(int(rc.groups_per_step), num_groups)
-  finished = []
-  for r, start in enumerate(range(0, num_groups, per_round)):
-    out = os.path.join(rounds_dir, f"round{r:05d}.npy")
-    if not os.path.exists(out):
-      group_ids = np.arange(start, min(start + per_round, num_groups), dtype=np.int32)
-      batch = {"targets": mesh_lib.shard(jnp.asarray(targets[group_ids]), mesh),
-               "group_ids": mesh_lib.shard(jnp.asarray(group_ids), mesh)}
-      name = f"recover_round{r:05d}"
-      probe = checkpoint.StageCheckpointer(workdir, name)
-      saved = probe.latest_step()
-      probe.close()
-      state = restore_template(mesh_lib.shard(jnp.asarray(arranged[group_ids]), mesh), hp, saved)
-      state = ctx.loop(name, state, step_fn, lambda i, b=batch: b, hp.iterations,
-                       ctx.keys["recover"])
-      images = state.images
-      if images.shape[2:4] != tuple(data.image_shape[:2]):  # a last stage below full size
-        images = resize(images, data.image_shape[0])
-      checkpoint.atomic_save_npy(out, to_uint8(jax.device_get(images), data.mean, data.std))
-    finished.append(np.load(out))
-  # Class-major: image i of class c at c * ipc + i.
-  groups = np.concatenate(finished)
-  labels = np.asarray(targets).reshape(-1)
-  images = groups.reshape(-1, *groups.shape[2:])
-  order = np.argsort(labels, kind="stable")
-  images, labels = images[order], labels[order].astype(np.int32)
-  checkpoint.atomic_save_npy(os.path.join(edir, "labels.npy"), labels)
-  save_grid(ctx, images, ipc, hp.iterations)
-  checkpoint.atomic_save_npy(os.path.join(edir, "images.npy"), images)  # last: marks done
-  return DistilledSet(images, labels, extra=_manifest_extra(hp, names, record))

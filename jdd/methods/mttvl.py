@@ -33,6 +33,3 @@ def configure(c: ml_collections.ConfigDict) -> None:
   c.distill.grad_mode = "exact"
   c.evaluate.loss = "infonce"
 
-
-def distill(ctx: tm_vl.DistillContext):
-  return tm_vl.distill_stage(ctx, SPEC)

@@ -31,6 +31,3 @@ def configure(c: ml_collections.ConfigDict) -> None:
   c.distill.grad_mode = "tesla"
   c.evaluate.loss = "wbce"
 
-
-def distill(ctx: tm_vl.DistillContext):
-  return tm_vl.distill_stage(ctx, SPEC)

@@ -56,6 +56,11 @@ class RecoverHParams:
   mean: tuple[float, ...]
   std: tuple[float, ...]
 
+  @property
+  def augmentation(self) -> "RecoverAugmentation":
+    return RecoverAugmentation(self.random_resized_crop, self.crop_scale, self.flip, self.jitter,
+                               self.jitter_symmetric)
+
 
 @flax.struct.dataclass
 class RecoverState:
@@ -106,18 +111,33 @@ def clip_to_valid(x: jax.Array, hp: RecoverHParams) -> jax.Array:
   return jnp.clip(x, (0.0 - mean) / std, (1.0 - mean) / std)
 
 
-def augment_batch(key: jax.Array, x: jax.Array, hp: RecoverHParams) -> jax.Array:
-  """The reference's recover augmentation for one class batch (B, H, W, C)."""
-  k_crop, k_flip, k_roll = jax.random.split(key, 3)
-  h, w = x.shape[1:3]
-  if hp.random_resized_crop:
-    x = augment.random_resized_crop(k_crop, x, (h, w), scale=hp.crop_scale,
-                                    ratio=(3 / 4, 4 / 3), per_image=False)
-  if hp.flip:
-    x = augment.random_flip(k_flip, x, per_image=False)
-  if hp.jitter:
-    x = augment.random_roll(k_roll, x, hp.jitter, symmetric=hp.jitter_symmetric)
-  return x
+@dataclasses.dataclass(frozen=True)
+class RecoverAugmentation:
+  """The reference's recover augmentation for one class batch (B, H, W, C): one
+  RandomResizedCrop box and one flip for the whole batch, then a wrap-around roll by
+  (randint(0, J), randint(0, J)), or by {-J..J} when `jitter_symmetric` (Tiny-ImageNet)."""
+  random_resized_crop: bool
+  crop_scale: tuple[float, float]
+  flip: bool
+  jitter: int
+  jitter_symmetric: bool = False
+
+  def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    k_crop, k_flip, k_roll = jax.random.split(key, 3)
+    h, w = x.shape[1:3]
+    if self.random_resized_crop:
+      x = augment.random_resized_crop(k_crop, x, (h, w), scale=self.crop_scale,
+                                      ratio=(3 / 4, 4 / 3), per_image=False)
+    if self.flip:
+      x = augment.random_flip(k_flip, x, per_image=False)
+    if self.jitter:
+      x = augment.random_roll(k_roll, x, self.jitter, symmetric=self.jitter_symmetric)
+    return x
+
+
+def augment_batch(key: jax.Array, x: jax.Array, hp) -> jax.Array:
+  """`hp.augmentation` applied to one class batch (any recover hparams that define it)."""
+  return hp.augmentation(key, x)
 
 
 def group_loss(x, targets, key, teacher_variables, *, model, hp: RecoverHParams):

@@ -1,5 +1,6 @@
 """Image-text trajectory matching, shared by MTT-VL, LoRS and RepBlend: the distilled state,
-the student loss, the jitted outer step, the outer loop and the export.
+the student loss, the outer step, the expert schedule, diagnostics and the budget arithmetic
+(the maths; the checkpointed distill stage and the export are `jdd.stages.distill`).
 
 References: `distill.py` of princetonvisualai/multimodal_dataset_distillation (MTT-VL),
 `distill_tesla_lors.py` of silicx/LoRS_Distill and `distill_repblend.py` of zhangxin-xd/RepBlend
@@ -26,27 +27,21 @@ jdd differs on purpose (research §9):
   learning-rate gradient uses the same normalisation as the data gradient (weakness 8);
 * the initial synthetic images are un-augmented real images (the reference passes them through
   the train augmentation once);
-* the export is written to a temporary folder and renamed, so a crash never leaves half a set.
+* the export is written to a staging folder and swapped in whole (`jdd.export`), so a crash
+  never leaves half a set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
-import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdd import checkpoint, reporting
-from jdd.data.captions import CLIP_MEAN, CLIP_STD
-from jdd.evaluation import retrieval
-from jdd.models.retrieval import RetrievalModel, encode_features, normalize_images
+from jdd.models.retrieval import RetrievalModel
 from jdd.objectives import trajectory
 from jdd.objectives.contrastive import (infonce_loss, init_full_similarity,
                                         init_lowrank_similarity, l2_normalize,
@@ -65,22 +60,6 @@ class MethodSpec:
   train_backbone: bool      # MTT-VL/LoRS: the image backbone is trained and matched
   similarity: bool          # LoRS/RepBlend: learn S and train with WBCE against it
   blend: bool               # RepBlend: representation blending inside the unroll
-
-
-@dataclasses.dataclass
-class DistillContext:
-  """What the distill stage reads from the image-text driver."""
-  config: Any
-  workdir: str
-  data: Any
-  model: RetrievalModel
-  backbone_vars: dict
-  texts: dict
-  store: Any
-  keys: dict
-  writer: Any
-  budget: Any
-  splits: dict
 
 
 # ------------------------------------------------------------------------------ state
@@ -208,22 +187,17 @@ def make_step(loss_fn, tx: optax.GradientTransformation, unravel, n: int, dc):
   return step
 
 
-def expert_batch(store, it: int, key: jax.Array, dc) -> tuple[dict, tuple[int, int]]:
-  """Expert and start epoch of iteration `it`, and their (start, target) flat parameters."""
-  done = store.done()
-  if not done:
-    raise ValueError("the expert store holds no finished expert; run the experts stage")
+def expert_choice(done: list[int], it: int, key: jax.Array, max_start_epoch: int
+                  ) -> tuple[int, int]:
+  """(expert, start epoch) of iteration `it`: experts visited in a fresh permutation of the
+  finished ones per cycle, the start epoch uniform in [0, max_start_epoch); a pure function of
+  (key, it), so a resumed run draws the same."""
   cycle, pos = divmod(it, len(done))
   order = np.asarray(jax.random.permutation(jax.random.fold_in(key, cycle), len(done)))
   e = done[int(order[pos])]
   s = int(jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, 1 << 20), it), (), 0,
-                             int(dc.max_start_epoch)))
-  ep = store.epochs
-  t = s + int(dc.expert_epochs)
-  traj = store.trajectory(e)
-  batch = {"start": {m: jnp.asarray(traj[m][ep.index(s)]) for m in MODALITIES},
-           "target": {m: jnp.asarray(traj[m][ep.index(t)]) for m in MODALITIES}}
-  return batch, (e, s)
+                             int(max_start_epoch)))
+  return e, s
 
 
 # ------------------------------------------------------------------------ diagnostics
@@ -246,120 +220,6 @@ def make_diagnostics(model: RetrievalModel, frozen: dict | None):
   return diag
 
 
-# ---------------------------------------------------------------------------- pairs
-def pair_set(ctx: DistillContext, params: dict, dc) -> retrieval.PairSet:
-  """The distilled pairs as the evaluator takes them (frozen backbone: its features)."""
-  images = np.asarray(params["images"])
-  if not ctx.model.train_backbone:
-    images = encode_features(ctx.model, ctx.backbone_vars, images)
-  sim = (np.asarray(similarity_matrix(params["sim"], float(dc.sim_alpha)))
-         if "sim" in params else None)
-  return retrieval.PairSet(images, np.asarray(params["texts"]), sim,
-                           float(params["lr_image"]), float(params["lr_text"]))
-
-
-def _periodic_eval(ctx: DistillContext, params: dict, dc, it: int) -> dict:
-  path = os.path.join(ctx.workdir, "distill", f"eval_it{it:06d}.json")
-  if os.path.exists(path):
-    return checkpoint.read_json(path)
-  seeds = [int(ctx.config.seed) * 1000 + 500 + k for k in range(int(dc.eval_seeds))]
-  out = retrieval.evaluate_pairs(ctx.model, ctx.backbone_vars, pair_set(ctx, params, dc),
-                                 ctx.splits, ctx.config.evaluate, seeds,
-                                 features=not ctx.model.train_backbone)
-  checkpoint.atomic_write_json(path, out["summary"])
-  return out["summary"]
-
-
-# ------------------------------------------------------------------------------- loop
-def distill_stage(ctx: DistillContext, spec: MethodSpec) -> tuple[retrieval.PairSet, dict]:
-  """Runs (or resumes) the distillation, exports the set; returns its pairs and a summary."""
-  config, dc = ctx.config, ctx.config.distill
-  if ctx.model.train_backbone != spec.train_backbone:
-    raise ValueError(f"{spec.name} needs model.train_backbone={spec.train_backbone}")
-  if bool(dc.blend) and not spec.blend or bool(dc.similarity != "none") != spec.similarity:
-    raise ValueError(f"{spec.name}: distill.blend/similarity do not match the method; use the "
-                     f"method's config (configs/{spec.name}_*.py)")
-  last = int(dc.max_start_epoch) - 1 + int(dc.expert_epochs)
-  if last not in ctx.store.epochs:
-    raise ValueError(f"distill reads expert epoch {last} but the store keeps {ctx.store.epochs};"
-                     " raise experts.keep_epochs")
-  t0 = time.time()
-  n = num_synthetic(dc, spec)
-  train = ctx.data.train
-  key_init = ctx.keys["distill_init"]
-  cap = retrieval.random_pairs(n, train.image_index, key_init)
-  images = normalize_images(ctx.data.load_images("train", train.image_index[cap], dtype="uint8"),
-                            CLIP_MEAN, CLIP_STD)
-  params = init_params(dc, spec, key_init, images, ctx.texts["train"][cap])
-  tx = outer_optimizer(dc)
-  state = {"params": params, "opt": tx.init(params)}
-  frozen = None if ctx.model.train_backbone else ctx.backbone_vars
-  loss_fn = make_student_loss(ctx.model, frozen, spec, dc)
-  step = jax.jit(make_step(loss_fn, tx, ctx.store.unravel, n, dc))
-  diag = make_diagnostics(ctx.model, frozen)
-  ref_expert = ctx.store.done()[0]
-  ref_params = ctx.store.snapshot(ref_expert, ctx.store.epochs[-1])
-
-  iters = int(dc.iterations)
-  log_every, ck_every = int(config.log_every), int(config.checkpoint_every)
-  eval_every = int(dc.eval_every)
-  hist_path = os.path.join(ctx.workdir, "distill", "history.json")
-  history = checkpoint.read_json(hist_path) if os.path.exists(hist_path) else {
-      "log": [], "evals": []}
-  ckpt = checkpoint.StageCheckpointer(ctx.workdir, "distill")
-  state, start = ckpt.restore_or(state)
-  if start:
-    print(f"[distill] resuming from checkpoint at iteration {start}/{iters}", flush=True)
-  # Entries past the checkpoint are recomputed (identically) by the resumed loop.
-  history = {k: [r for r in v if r["iteration"] <= start] for k, v in history.items()}
-  if start == 0:
-    history = {"log": [{"iteration": 0, **_floats(diag(ref_params, state["params"]["images"],
-                                                       state["params"]["texts"]))}],
-               "evals": []}
-  progress = reporting.Progress(f"distill:{spec.name}", iters, start, every=log_every)
-  key_exp, key_step = jax.random.fold_in(ctx.keys["distill"], 0), jax.random.fold_in(
-      ctx.keys["distill"], 1)
-  try:
-    for it in range(start, iters):
-      batch, (e, s) = expert_batch(ctx.store, it, key_exp, dc)
-      state, metrics = step(state, batch, jax.random.fold_in(key_step, it))
-      done = it + 1
-      if done % log_every == 0 or done == iters:
-        values = _floats(metrics)
-        reporting.check_finite(f"distill:{spec.name}", done, values)
-        values.update(_floats(diag(ref_params, state["params"]["images"],
-                                   state["params"]["texts"])))
-        history["log"].append({"iteration": done, "expert": e, "start_epoch": s, **values})
-        ctx.writer.write_scalars(done, {f"distill/{k}": v for k, v in values.items()})
-        progress(done, {k: values[k] for k in ("loss", "lr_image", "lr_text",
-                                               "intra_image_cos", "modality_gap")})
-      if eval_every and (done % eval_every == 0) and done != iters:
-        summary = _periodic_eval(ctx, state["params"], dc, done)
-        history["evals"].append({"iteration": done, **summary})
-        t = summary["test"]
-        print(f"[distill:{spec.name}] eval at {done}: test r_mean {t['r_mean']['mean']:.2f} "
-              f"IR@1 {t['img_r1']['mean']:.2f} TR@1 {t['txt_r1']['mean']:.2f}", flush=True)
-      if done % ck_every == 0 or done == iters:
-        ckpt.save(done, state)
-        checkpoint.atomic_write_json(hist_path, history)
-      ctx.budget.tick()
-  finally:
-    ckpt.close()
-  params = state["params"]
-  manifest = export(ctx, spec, params, dc)
-  return pair_set(ctx, params, dc), {
-      "method": spec.name, "iterations": iters, "grad_mode": str(dc.grad_mode),
-      "synthetic_pairs": n, "budget": manifest["budget"], "export_bytes": manifest["total_bytes"],
-      "learned_lrs": {"image": float(params["lr_image"]), "text": float(params["lr_text"])},
-      "student_temperature": student_temperature(dc, ctx.model),
-      "diagnostics": history["log"], "periodic_evals": history["evals"],
-      "wall_seconds_this_process": round(time.time() - t0, 1)}
-
-
-def _floats(tree) -> dict:
-  return {k: float(v) for k, v in jax.device_get(tree).items()}
-
-
 # ----------------------------------------------------------------------------- export
 def budget_accounting(dc, spec: MethodSpec, params: dict, image_shape, text_dim: int) -> dict:
   """The pair budget and what the similarity costs against it, in bytes."""
@@ -375,45 +235,3 @@ def budget_accounting(dc, spec: MethodSpec, params: dict, image_shape, text_dim:
           "note": ("LoRS/RepBlend distil pairs - 1 pairs so that the similarity parameters "
                    "are paid for by one pair, as the references (num_queries 99/199/499)")
           if spec.similarity else "MTT-VL learns no similarity; all pairs are distilled"}
-
-
-def export(ctx: DistillContext, spec: MethodSpec, params: dict, dc) -> dict:
-  """W/export/: images (.npy float32 normalised, uint8 .npy and a PNG grid), texts, the
-  similarity (factors and the N x N matrix), learned lrs and a byte manifest."""
-  final = os.path.join(ctx.workdir, "export")
-  tmp = final + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  images = np.asarray(params["images"], np.float32)
-  pixels = images * np.asarray(CLIP_STD, np.float32) + np.asarray(CLIP_MEAN, np.float32)
-  uint8 = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-  stored = {"images": images, "images_uint8": uint8, "texts": np.asarray(params["texts"])}
-  derived = {}
-  if "sim" in params:
-    for k, v in params["sim"].items():
-      stored[f"similarity_{k}"] = np.asarray(v)
-    if "matrix" not in params["sim"]:
-      derived["similarity"] = np.asarray(similarity_matrix(params["sim"], float(dc.sim_alpha)))
-  files = {}
-  for name, arr in {**stored, **derived}.items():
-    np.save(os.path.join(tmp, f"{name}.npy"), arr)
-    files[f"{name}.npy"] = os.path.getsize(os.path.join(tmp, f"{name}.npy"))
-  reporting.save_png(os.path.join(tmp, "images_grid.png"),
-                     reporting.image_grid(uint8, nrow=int(math.ceil(math.sqrt(len(uint8))))))
-  files["images_grid.png"] = os.path.getsize(os.path.join(tmp, "images_grid.png"))
-  lrs = {"lr_image": float(params["lr_image"]), "lr_text": float(params["lr_text"])}
-  checkpoint.atomic_write_json(os.path.join(tmp, "lrs.json"), lrs)
-  manifest = {
-      "method": spec.name, "files": files,
-      "stored": sorted(f"{k}.npy" for k in stored) + ["lrs.json"],
-      "derived": sorted(f"{k}.npy" for k in derived) + ["images_grid.png"],
-      "total_bytes": int(sum(files.values())),
-      "budget": budget_accounting(dc, spec, params, uint8.shape[1:],
-                                  int(np.shape(params["texts"])[-1])),
-      "lrs": lrs, "sim_alpha": float(dc.sim_alpha),
-      "images": "float32 normalised with CLIP mean/std (what was learned); images_uint8 is its "
-                "de-normalised, clipped and rounded copy"}
-  checkpoint.atomic_write_json(os.path.join(tmp, "manifest.json"), manifest)
-  shutil.rmtree(final, ignore_errors=True)
-  os.replace(tmp, final)
-  return manifest

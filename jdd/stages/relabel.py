@@ -26,16 +26,16 @@ from jdd import checkpoint, reporting
 from jdd.labels import bssl as bssl_lib, fkd, infer as infer_labels
 from jdd.labels.source import Ensemble, LabelSource
 from jdd.stages import teachers as teachers_lib
-from jdd.stages.context import StageContext
+from jdd.loop import RunContext
 
 
-def label_teachers(ctx: StageContext):
+def label_teachers(ctx: RunContext):
   """The teachers a label source averages: `relabel.teacher_names` when the config has it,
   else the method's `teacher_names` (or the single teacher)."""
   return teachers_lib.ordered(ctx, ctx.config.relabel.get("teacher_names") or None)
 
 
-def _ensemble(ctx: StageContext):
+def _ensemble(ctx: RunContext):
   ts = label_teachers(ctx)
   return Ensemble(tuple(t.model for t in ts)), tuple(t.variables for t in ts)
 
@@ -46,7 +46,7 @@ def _fkd_augment(ctx):
                            std=data.std)
 
 
-def _online(ctx: StageContext, kind: str, description: str) -> LabelSource:
+def _online(ctx: RunContext, kind: str, description: str) -> LabelSource:
   ensemble, variables = _ensemble(ctx)
   data = ctx.data
   fn = functools.partial(infer_labels.online_batch_fn, ensemble=ensemble, cfg=ctx.config.relabel,
@@ -54,7 +54,7 @@ def _online(ctx: StageContext, kind: str, description: str) -> LabelSource:
   return LabelSource(kind, fn, operands=variables, description=description)
 
 
-def _stored_soft_labels(ctx: StageContext, name: str, images: np.ndarray, out_dir: str,
+def _stored_soft_labels(ctx: RunContext, name: str, images: np.ndarray, out_dir: str,
                         what: str, compute) -> tuple[str, np.ndarray]:
   """W/.../soft_labels.npy: loaded when complete, else `compute(...)` over the evaluation's
   epochs and batch size with the relabel keys, then saved atomically."""
@@ -72,7 +72,7 @@ def _stored_soft_labels(ctx: StageContext, name: str, images: np.ndarray, out_di
   return path, soft
 
 
-def fkd_stored(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+def fkd_stored(ctx: RunContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
   def compute(images, **kw):
     ensemble, variables = _ensemble(ctx)
     return fkd.compute_soft_labels(ensemble, variables, images, **kw)
@@ -98,7 +98,7 @@ def fkd_online(ctx, name, images, out_dir) -> LabelSource:
                  "bytes)")
 
 
-def infer_static(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+def infer_static(ctx: RunContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
   path = os.path.join(out_dir, "soft_labels.npy")
   if os.path.exists(path):
     print(f"[relabel:{name}] static labels exist: skipped", flush=True)
@@ -124,7 +124,7 @@ def infer_dynamic(ctx, name, images, out_dir) -> LabelSource:
                  "augmented batch, logits averaged (no label bytes)")
 
 
-def _bssl_setup(ctx: StageContext):
+def _bssl_setup(ctx: RunContext):
   """(models, variables, weights, num_splits, train_mode) of the BSSL mixture; refuses a
   student whose gradient-accumulation micro-batches differ from the labelling chunks."""
   rc, ec = ctx.config.relabel, ctx.config.evaluate
@@ -146,7 +146,7 @@ def _bssl_description(ts, weights, splits, train_mode, where) -> str:
           "flips and CutMix re-derived from the seed")
 
 
-def bssl_stored(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+def bssl_stored(ctx: RunContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
   models, variables, weights, splits, train_mode = _bssl_setup(ctx)
   compute = functools.partial(bssl_lib.compute_soft_labels, models, variables, num_splits=splits,
                               weights=weights, train_mode=train_mode)
@@ -165,7 +165,7 @@ def bssl_stored(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) 
                                     "stored: logits per (epoch, batch), float16"))
 
 
-def bssl_online(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+def bssl_online(ctx: RunContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
   del name, images, out_dir
   models, variables, weights, splits, train_mode = _bssl_setup(ctx)
   aug = _fkd_augment(ctx)
@@ -184,7 +184,7 @@ BUILDERS = {"stored": fkd_stored, "online": fkd_online, "static": infer_static,
             "dynamic": infer_dynamic, "bssl": bssl_stored, "bssl_online": bssl_online}
 
 
-def label_source(ctx: StageContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
+def label_source(ctx: RunContext, name: str, images: np.ndarray, out_dir: str) -> LabelSource:
   mode = ctx.config.relabel.mode
   if mode not in BUILDERS:
     raise ValueError(f"config.relabel.mode={mode!r} is not one of {sorted(BUILDERS)}")

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jdd import checkpoint, models, training
-from jdd.stages.context import StageContext, Teacher
+from jdd.loop import RunContext, Teacher
 
 
 def is_multi(config) -> bool:
@@ -89,7 +89,7 @@ def load_teacher(path: str, expect: dict):
   return model, variables, card
 
 
-def _train_teacher(ctx: StageContext, name: str, tc, folder: str, stage: str, key):
+def _train_teacher(ctx: RunContext, name: str, tc, folder: str, stage: str, key):
   data = ctx.data
   if not hasattr(data.train, "images"):
     raise ValueError(
@@ -132,7 +132,7 @@ def _train_teacher(ctx: StageContext, name: str, tc, folder: str, stage: str, ke
                                 "test_top1": acc["test"]})
 
 
-def squeeze(ctx: StageContext) -> list[Teacher]:
+def squeeze(ctx: RunContext) -> list[Teacher]:
   """Every teacher of the config, in order: loaded from its checkpoint, or from the workdir
   when an earlier run finished it, or trained now."""
   specs = teacher_specs(ctx.config)
@@ -161,7 +161,7 @@ def summary(teachers: list[Teacher]) -> list[dict]:
                                                           "test_top1")}} for t in teachers]
 
 
-def ordered(ctx: StageContext, names=None) -> list[Teacher]:
+def ordered(ctx: RunContext, names=None) -> list[Teacher]:
   """The teachers named by `names` (default `config.teacher_names`; all of a single-teacher
   config), in that order."""
   if names is None:

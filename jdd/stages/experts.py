@@ -19,7 +19,9 @@ jdd differs on purpose (research §4 "Snapshot use", §9):
   + expert_epochs; `experts.keep_epochs` (default: that number + 1) limits the store to them and
   the manifest says which epochs were kept and how many bytes that saved.
 * **Resumable and shardable.** A finished expert is marked by `W/experts/done/expertNNN.json`,
-  written after its slice is flushed; an unfinished one resumes from its last epoch checkpoint.
+  written after its slice is flushed; an unfinished one resumes from its last epoch checkpoint
+  (each expert is one run of the shared checkpointed loop, `jdd.loop`, checkpointing at the end
+  of every epoch).
   `experts.shard = 'i/n'` trains every n-th expert starting at i, so n processes (or machines
   sharing the workdir) fill one store; batches are sharded over the local device mesh.
 * **Seeded.** Expert e's heads, data order and dropout come from fold_in(key, e).
@@ -42,11 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jdd import checkpoint, reporting
+from jdd import checkpoint
 from jdd.evaluation.retrieval import compiled_train_step
+from jdd.loop import RunContext
 from jdd.models.retrieval import RetrievalModel
-
-MODALITIES = ("image", "text")
+from jdd.objectives.trajectory import MODALITIES
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -176,16 +178,18 @@ def keep_epochs(cfg) -> list[int]:
   return list(range(0, min(keep, int(cfg.epochs)) + 1))
 
 
-def train_experts(model: RetrievalModel, backbone_variables: dict, images: np.ndarray,
-                  texts: np.ndarray, image_index: np.ndarray, cfg, workdir: str,
-                  key: jax.Array, *, features: bool, budget=None) -> ExpertStore:
-  """Trains this process's shard of `cfg.num_experts` experts into `workdir/experts`.
+def train_experts(ctx: RunContext, model: RetrievalModel, backbone_variables: dict,
+                  images: np.ndarray, texts: np.ndarray, image_index: np.ndarray, *,
+                  features: bool) -> ExpertStore:
+  """Trains this process's shard of `experts.num_experts` experts into `W/experts`.
 
   `images` holds one input per train image (pixels or frozen features), `texts` one embedding
-  per train caption and `image_index` the image of each caption. cfg fields: num_experts,
-  epochs, batch_size, lr_image, lr_text, momentum, weight_decay, keep_epochs, shard.
+  per train caption and `image_index` the image of each caption. Fields of `ctx.config.experts`:
+  num_experts, epochs, batch_size, lr_image, lr_text, momentum, weight_decay, keep_epochs,
+  shard. Expert e's heads, data order and step keys come from fold_in(keys['experts'], e).
   """
-  root = os.path.join(workdir, "experts")
+  cfg, key = ctx.config.experts, ctx.keys["experts"]
+  root = os.path.join(ctx.workdir, "experts")
   template = model.init(jax.random.key(0), backbone_variables, texts.shape[-1])
   epochs_kept = keep_epochs(cfg)
   store = ExpertStore.create(
@@ -197,9 +201,9 @@ def train_experts(model: RetrievalModel, backbone_variables: dict, images: np.nd
        "inputs": "frozen-backbone features of un-augmented images" if features else "pixels"})
   shard_i, shard_n = parse_shard(cfg.shard)
   frozen = None if model.train_backbone else backbone_variables
-  opt, step = compiled_train_step(model, loss="infonce", features=features,
-                                  weight_decay=float(cfg.weight_decay),
-                                  momentum=float(cfg.momentum))
+  opt, train_step = compiled_train_step(model, loss="infonce", features=features,
+                                        weight_decay=float(cfg.weight_decay),
+                                        momentum=float(cfg.momentum))
   n = len(texts)
   b = int(cfg.batch_size)
   if n < b:
@@ -209,47 +213,50 @@ def train_experts(model: RetrievalModel, backbone_variables: dict, images: np.nd
   texts = np.asarray(texts, np.float32)
   image_index = np.asarray(image_index)
   total = int(cfg.epochs) * per_epoch
+  target = jnp.eye(b, dtype=jnp.float32)
+  lrs = (jnp.float32(cfg.lr_image), jnp.float32(cfg.lr_text))
+
+  def step_fn(state, batch, rng):
+    params, opt_state, value = train_step(state["params"], state["opt"], frozen,
+                                          batch["images"], batch["texts"], target, rng, *lrs)
+    loss_sum = value if batch["i"] == 0 else state["loss_sum"] + value
+    return ({**state, "params": params, "opt": opt_state, "loss_sum": loss_sum},
+            {"loss": loss_sum / (batch["i"] + 1)})   # the epoch's mean so far
+
   for e in range(shard_i, int(cfg.num_experts), shard_n):
     if e in store.done():
       continue
     ekey = jax.random.fold_in(key, e)
     params = model.init(jax.random.fold_in(ekey, 0), backbone_variables, texts.shape[-1])
-    state = {"params": params, "opt": opt.init(params),
-             "snaps": {m: np.zeros((len(epochs_kept), store.meta["sizes"][m]), np.float32)
-                       for m in MODALITIES}}
-    state["snaps"] = {m: _set_row(state["snaps"][m], 0, params[m]) for m in MODALITIES}
-    ckpt = checkpoint.StageCheckpointer(workdir, f"expert{e:03d}")
-    state, start_epoch = ckpt.restore_or(state)
-    progress = reporting.Progress(f"experts:{e}", total, start_epoch * per_epoch,
-                                  every=max(1, total // 5))
-    loss_sum = float("nan")
-    try:
-      for epoch in range(start_epoch, int(cfg.epochs)):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(ekey, 1 + epoch), n))
-        params, opt_state = state["params"], state["opt"]
-        loss_sum = 0.0
-        for i in range(per_epoch):
-          idx = order[i * b:(i + 1) * b]
-          params, opt_state, value = step(
-              params, opt_state, frozen, jnp.asarray(images[image_index[idx]]),
-              jnp.asarray(texts[idx]), jnp.eye(b, dtype=jnp.float32),
-              jax.random.fold_in(jax.random.fold_in(ekey, 10_000 + epoch), i),
-              jnp.float32(cfg.lr_image), jnp.float32(cfg.lr_text))
-          loss_sum += float(value)
-        reporting.check_finite(f"experts:{e}", epoch + 1, {"loss": loss_sum})
-        snaps = state["snaps"]
-        if epoch + 1 in epochs_kept:
-          snaps = {m: _set_row(snaps[m], epochs_kept.index(epoch + 1), params[m])
-                   for m in MODALITIES}
-        state = {"params": params, "opt": opt_state, "snaps": snaps}
-        ckpt.save(epoch + 1, state)
-        progress((epoch + 1) * per_epoch, {"loss": loss_sum / per_epoch})
-        if budget is not None:
-          budget.tick()
-    finally:
-      ckpt.close()
+    snaps = {m: np.zeros((len(epochs_kept), store.meta["sizes"][m]), np.float32)
+             for m in MODALITIES}
+    state = {"params": params, "opt": opt.init(params), "loss_sum": jnp.float32(0.0),
+             "snaps": {m: _set_row(snaps[m], 0, params[m]) for m in MODALITIES}}
+    orders = {}
+
+    def batch_fn(s, ekey=ekey, orders=orders):
+      epoch, i = divmod(s, per_epoch)
+      if epoch not in orders:
+        orders.clear()
+        orders[epoch] = np.asarray(jax.random.permutation(jax.random.fold_in(ekey, 1 + epoch), n))
+      idx = orders[epoch][i * b:(i + 1) * b]
+      return {"images": jnp.asarray(images[image_index[idx]]), "texts": jnp.asarray(texts[idx]),
+              "i": i}
+
+    def snapshot(done, state):
+      epoch = done // per_epoch
+      if done % per_epoch or epoch not in epochs_kept:
+        return state
+      return {**state, "snaps": {m: _set_row(state["snaps"][m], epochs_kept.index(epoch),
+                                              state["params"][m]) for m in MODALITIES}}
+
+    state = ctx.loop(
+        f"expert{e:03d}", state, step_fn, batch_fn, total, None, checkpoint_every=per_epoch,
+        log_every=per_epoch, after_step=snapshot,
+        step_key=lambda s, ekey=ekey: jax.random.fold_in(
+            jax.random.fold_in(ekey, 10_000 + s // per_epoch), s % per_epoch))
     store.write(e, {m: np.asarray(state["snaps"][m]) for m in MODALITIES},
-                {"expert": e, "final_epoch_loss": loss_sum / per_epoch})
+                {"expert": e, "final_epoch_loss": float(state["loss_sum"]) / per_epoch})
   return ExpertStore(root)
 
 
@@ -269,3 +276,14 @@ def read_speed(store: ExpertStore, expert: int = 0, repeats: int = 5) -> float:
     _ = [np.array(v) for v in traj.values()]
     best = min(best, time.perf_counter() - t)
   return best
+
+
+def manifest(store: ExpertStore, cfg) -> dict:
+  """The experts' entry of results.json: what was stored, and what storing every epoch would
+  have cost."""
+  per_snapshot = sum(store.meta["sizes"].values()) * 4
+  full = store.num_experts * (int(cfg.epochs) + 1) * per_snapshot
+  return {"num_experts": store.num_experts, "finished": len(store.done()),
+          "epochs_stored": store.epochs, "epochs_trained": int(cfg.epochs),
+          "parameters_per_snapshot": store.meta["sizes"], "store_bytes": store.nbytes(),
+          "bytes_if_every_epoch_were_stored": full, "inputs": store.meta["info"]["inputs"]}

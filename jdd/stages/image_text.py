@@ -1,4 +1,5 @@
-"""The image-text driver: stages in order, each skipped when its output in the workdir is complete.
+"""What the image-text drivers share: caption data, frozen text embeddings, the image encoder,
+image inputs, evaluation splits, the real-pair baselines and the retrieval evaluation of a set.
 
     data       caption JSON + images (Flickr30K / COCO from the config's paths, or jdd's
                generated offline `shapes_captions`)
@@ -8,20 +9,15 @@
                contrastive pretraining against the frozen text encoder -> W/encoder/
     features   frozen-backbone features of every image (frozen-backbone models only)
                                                                    -> W/features/{split}.npy
-    experts    expert trajectories in one memory-mapped store      -> W/experts/
-    distill    method in {mttvl, lors, repblend}: trajectory matching (jdd.methods.tm_vl)
-                                                  -> W/checkpoints/distill, W/distill, W/export
-    evaluate   the retrieval evaluator on the configured pair sets (random subset, herding
-               subset, the full train split), several seeds        -> W/eval/, W/results.json
+    evaluate   the retrieval evaluator on a set of pairs, several seeds -> W/eval/
 
-A checkpoint in the workdir means resume; every random draw is `fold_in` of the config's seed.
-The trajectory-matching methods (MTT-VL, LoRS, RepBlend) run their distillation between
-`experts` and `evaluate` and score the distilled pairs with the same evaluator.
+The trajectory-matching driver (`jdd.drivers.trajectory`) and EDGE's (`jdd.drivers.generative`)
+both import this module; neither imports the other.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -34,23 +30,16 @@ import optax
 import orbax.checkpoint as ocp
 
 import jdd
-from jdd import checkpoint, experts as experts_lib, mesh as mesh_lib, models, reporting
-from jdd.data.captions import CLIP_MEAN, CLIP_STD, load_caption_dataset, pre_caption
+from jdd import checkpoint, models, reporting
+from jdd.data.captions import CLIP_MEAN, CLIP_STD, load_caption_dataset
 from jdd.data.shapes_captions import ensure_shapes_captions, shapes_captions_config
 from jdd.evaluation import retrieval
+from jdd.loop import RunContext
 from jdd.models.retrieval import RetrievalModel, encode_features, normalize_images, param_count
 from jdd.objectives.contrastive import infonce_loss
-from jdd.stages.context import Budget, checkpointed_loop
 
+# The base keys of the image-text stages (one per purpose), shared by both image-text drivers.
 KEY_NAMES = ("pretrain", "experts", "baseline", "eval", "distill_init", "distill")
-# config.method -> the module whose `distill(ctx)` runs the distill stage.
-DISTILL_METHODS = {"mttvl": "jdd.methods.mttvl", "lors": "jdd.methods.lors",
-                   "repblend": "jdd.methods.repblend"}
-
-
-def _keys(seed: int) -> dict:
-  base = jax.random.fold_in(jax.random.key(int(seed)), 7919)  # apart from the image driver's
-  return {name: jax.random.fold_in(base, i) for i, name in enumerate(KEY_NAMES)}
 
 
 # -------------------------------------------------------------------------------- data
@@ -143,8 +132,9 @@ def load_encoder(path: str, expect: dict):
   return variables, card
 
 
-def image_encoder(config, workdir, data, texts, keys, writer, budget):
+def image_encoder(ctx: RunContext, texts: dict):
   """Loads a converted encoder, or pretrains one contrastively (offline) into W/encoder."""
+  config, workdir, data, keys = ctx.config, ctx.workdir, ctx.data, ctx.keys
   ic = config.image_encoder
   expect = _encoder_card(config, data)
   if ic.checkpoint:
@@ -196,12 +186,13 @@ def image_encoder(config, workdir, data, texts, keys, writer, budget):
     return {"images": jnp.asarray(images[idx]), "texts": jnp.asarray(texts["train"][cap[idx]])}
 
   state = {"params": params, "opt": opt.init(params)}
-  state = checkpointed_loop("pretrain", workdir, state, jax.jit(step), batch_fn, steps,
-                            jax.random.fold_in(keys["pretrain"], 3), config, writer, budget)
+  state = ctx.loop("pretrain", state, jax.jit(step), batch_fn, steps,
+                   jax.random.fold_in(keys["pretrain"], 3))
   variables = {"params": state["params"]["image"]}
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.abspath(os.path.join(edir, "variables")), variables, force=True)
-  # The text head too: EDGE's offline loss CLIP is this image/text pair (jdd.edge_pipeline).
+  # The text head too: EDGE's offline loss CLIP is this image/text pair
+  # (jdd.stages.edge_backends).
   ckptr.save(os.path.abspath(os.path.join(edir, "text_head")), {"params": state["params"]["text"]},
              force=True)
   ckptr.wait_until_finished()
@@ -212,8 +203,9 @@ def image_encoder(config, workdir, data, texts, keys, writer, budget):
 
 
 # --------------------------------------------------------------------------- features
-def image_inputs(config, workdir, data, model, backbone_vars):
+def image_inputs(ctx: RunContext, model, backbone_vars):
   """Per split: frozen-backbone features (cached) or normalised pixels (trained backbone)."""
+  workdir, data = ctx.workdir, ctx.data
   out = {}
   for split in ("train", "val", "test"):
     if model.train_backbone:
@@ -246,7 +238,58 @@ def eval_splits(data, inputs, texts) -> dict:
                                      data.split(s).img2txt) for s in ("val", "test")}
 
 
-def evaluate_named(name, pairs, config, workdir, model, backbone_vars, splits, features):
+@dataclasses.dataclass
+class Encoders:
+  """The frozen encoders of a run: caption embeddings per split and the image backbone."""
+  texts: dict
+  text_identity: dict
+  backbone_vars: dict
+  card: dict
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """What scoring a set of pairs needs: the retrieval model, the backbone, every split's image
+  inputs (frozen features or pixels) and the val/test splits."""
+  model: RetrievalModel
+  backbone_vars: dict
+  inputs: dict
+  splits: dict
+
+  @property
+  def features(self) -> bool:
+    return not self.model.train_backbone
+
+
+def encoders(ctx: RunContext) -> Encoders:
+  texts, identity = text_embeddings(ctx.config, ctx.data, ctx.workdir)
+  backbone_vars, card = image_encoder(ctx, texts)
+  return Encoders(texts, identity, backbone_vars, card)
+
+
+def evaluator(ctx: RunContext, enc: Encoders) -> Evaluator:
+  model = build_model(ctx.config)
+  inputs = image_inputs(ctx, model, enc.backbone_vars)
+  return Evaluator(model, enc.backbone_vars, inputs, eval_splits(ctx.data, inputs, enc.texts))
+
+
+def results_header(ctx: RunContext, enc: Encoders, model: RetrievalModel) -> dict:
+  """The fields every image-text results.json opens with."""
+  return {"jdd_version": jdd.__version__, "method": ctx.config.method,
+          "dataset": ctx.data.name,
+          "text_encoder": {k: enc.text_identity[k] for k in ("encoder", "weights_sha256",
+                                                             "pooling", "max_length")},
+          "image_encoder": {k: enc.card.get(k) for k in ("arch", "kwargs")},
+          "model": {"train_backbone": model.train_backbone, "joint_dim": model.joint_dim,
+                    "temperature": model.temperature},
+          "selection": "evaluation epoch selected on val; test reported. "
+                       "reference_protocol_best_test is the references' best-test number"}
+
+
+def evaluate_named(ctx: RunContext, ev: Evaluator, name: str, pairs) -> dict:
+  """`config.evaluate.seeds` retrieval models trained on `pairs` (each finished seed kept in
+  W/eval/<name>_seed<k>.json, so a kill loses one), with the set's size."""
+  config, workdir = ctx.config, ctx.workdir
   ec = config.evaluate
   if name == "full_train" and int(ec.full_train_epochs):
     # The 101-epoch protocol is meant for sets of 100-1000 pairs; on the whole train split it
@@ -268,13 +311,15 @@ def evaluate_named(name, pairs, config, workdir, model, backbone_vars, splits, f
   total = int(ec.epochs) + 1
   factory = lambda seed: reporting.Progress(f"evaluate:{name}:seed{seeds.index(seed)}", total,
                                             every=max(1, int(ec.eval_every)))
-  return retrieval.evaluate_pairs(model, backbone_vars, pairs, splits, ec, seeds,
-                                  features=features, on_seed=save, done=done,
-                                  progress_factory=factory)
+  return {"num_pairs": int(len(pairs.texts)),
+          **retrieval.evaluate_pairs(ev.model, ev.backbone_vars, pairs, ev.splits, ec, seeds,
+                                     features=ev.features, on_seed=save, done=done,
+                                     progress_factory=factory)}
 
 
-def baseline_sets(config, data, inputs, texts, keys) -> dict:
+def baseline_sets(ctx: RunContext, ev: Evaluator, texts: dict) -> dict:
   """The real-pair sets named in `evaluate.baselines`: random_<N>, herding_<N>, full_train."""
+  config, data, keys, inputs = ctx.config, ctx.data, ctx.keys, ev.inputs
   sets = {}
   train = data.train
   for spec in config.evaluate.baselines:
@@ -295,82 +340,9 @@ def baseline_sets(config, data, inputs, texts, keys) -> dict:
   return sets
 
 
-# ------------------------------------------------------------------------------- run
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every image-text stage of `config` in `workdir` (resuming); returns results."""
-  t0 = time.time()
-  if config.method not in ("experts", *DISTILL_METHODS):
-    raise ValueError(f"jdd.image_text runs method 'experts' or one of {sorted(DISTILL_METHODS)}"
-                     f", got {config.method!r}")
-  data = load_data(config)   # first: a missing dataset stops the run at once
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
-                               json.loads(config.to_json_best_effort()))
-  mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
-  keys = _keys(config.seed)
-  writer = reporting.create_writer(workdir)
-  budget = Budget(int(config.debug.interrupt_after))
-  print(f"[jdd] {config.method} on {data!r}; workdir {workdir}", flush=True)
-  with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else contextlib.nullcontext():
-    texts, text_identity = text_embeddings(config, data, workdir)
-    backbone_vars, encoder_card = image_encoder(config, workdir, data, texts, keys, writer, budget)
-    model = build_model(config)
-    features = not model.train_backbone
-    inputs = image_inputs(config, workdir, data, model, backbone_vars)
-    results = {"jdd_version": jdd.__version__, "method": config.method, "dataset": data.name,
-               "text_encoder": {k: text_identity[k] for k in ("encoder", "weights_sha256",
-                                                              "pooling", "max_length")},
-               "image_encoder": {k: encoder_card.get(k) for k in ("arch", "kwargs")},
-               "model": {"train_backbone": model.train_backbone, "joint_dim": model.joint_dim,
-                         "temperature": model.temperature},
-               "selection": "evaluation epoch selected on val; test reported. "
-                            "reference_protocol_best_test is the references' best-test number"}
-    if config.experts.num_experts:
-      store = experts_lib.train_experts(
-          model, backbone_vars, inputs["train"], texts["train"], data.train.image_index,
-          config.experts, workdir, keys["experts"], features=features, budget=budget)
-      results["experts"] = experts_manifest(store, config)
-    splits = eval_splits(data, inputs, texts)
-    if config.method in DISTILL_METHODS:
-      results.update(distill(config, workdir, data, model, backbone_vars, texts, keys, writer,
-                             budget, splits, features))
-    for name, pairs in baseline_sets(config, data, inputs, texts, keys).items():
-      results[name] = {"num_pairs": int(len(pairs.texts)),
-                       **evaluate_named(name, pairs, config, workdir, model, backbone_vars,
-                                        splits, features)}
-  results["wall_seconds_this_process"] = round(time.time() - t0, 1)
-  checkpoint.atomic_write_json(os.path.join(workdir, "results.json"), results)
-  writer.flush()
-  print_summary(results)
-  return results
-
-
-def distill(config, workdir, data, model, backbone_vars, texts, keys, writer, budget, splits,
-            features) -> dict:
-  """The distill stage of `config.method`, then the evaluation of its distilled pairs."""
-  import importlib
-  from jdd.methods import tm_vl
-  module = importlib.import_module(DISTILL_METHODS[config.method])
-  store = experts_lib.ExpertStore(os.path.join(workdir, "experts"))
-  ctx = tm_vl.DistillContext(config=config, workdir=workdir, data=data, model=model,
-                             backbone_vars=backbone_vars, texts=texts, store=store, keys=keys,
-                             writer=writer, budget=budget, splits=splits)
-  pairs, summary = module.distill(ctx)
-  name = f"distilled_{config.method}"
-  return {"distill": summary,
-          name: {"num_pairs": int(len(pairs.texts)), "pairs_budget": int(config.distill.pairs),
-                 **evaluate_named(name, pairs, config, workdir, model, backbone_vars, splits,
-                                  features)}}
-
-
-def experts_manifest(store, config) -> dict:
-  ec = config.experts
-  per_snapshot = sum(store.meta["sizes"].values()) * 4
-  full = store.num_experts * (int(ec.epochs) + 1) * per_snapshot
-  return {"num_experts": store.num_experts, "finished": len(store.done()),
-          "epochs_stored": store.epochs, "epochs_trained": int(ec.epochs),
-          "parameters_per_snapshot": store.meta["sizes"], "store_bytes": store.nbytes(),
-          "bytes_if_every_epoch_were_stored": full, "inputs": store.meta["info"]["inputs"]}
+def evaluate_baselines(ctx: RunContext, ev: Evaluator, texts: dict) -> dict:
+  return {name: evaluate_named(ctx, ev, name, pairs)
+          for name, pairs in baseline_sets(ctx, ev, texts).items()}
 
 
 def print_summary(results: dict) -> None:

@@ -1,0 +1,64 @@
+"""EDGE's fine-tuning stage: the method's losses (`jdd.methods.edge.train_step`) on real
+(image, caption) pairs, one checkpointed loop (`jdd.loop`, W/checkpoints/edge_finetune) over the
+DiffFit parameters of the U-Net of either backend (`jdd.stages.edge_backends`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdd.data.captions import load_image
+from jdd.loop import RunContext
+from jdd.methods import edge
+from jdd.stages import edge_backends
+from jdd.stages.edge_backends import EdgeSetup
+
+
+def hparams(config) -> edge.EdgeHparams:
+  ec = config.edge
+  return edge.EdgeHparams(lr=float(ec.lr), contrastive_lambda=float(ec.contrastive_lambda),
+                          diversity_lambda=float(ec.diversity_lambda),
+                          mse_lambda=float(ec.mse_lambda), temperature=float(ec.temperature),
+                          unet_input=str(ec.unet_input),
+                          rescale_before_decode=bool(ec.rescale_before_decode),
+                          clip_input=str(ec.clip_input))
+
+
+def finetune_steps(config, data) -> int:
+  ec = config.edge
+  return int(ec.steps) or int(ec.epochs) * max(1, len(data.train) // int(ec.batch_size))
+
+
+def finetune(ctx: RunContext, setup: EdgeSetup, images_u8):
+  """EDGE's fine-tuning on real (image, caption) pairs, checkpointed and resumable."""
+  config, data = ctx.config, ctx.data
+  ec = config.edge
+  hp = dataclasses.replace(hparams(config), scaling_factor=setup.scaling_factor)
+  captions = list(data.train.captions)
+  b, n = int(ec.batch_size), len(captions)
+  ids_all, mask_all = setup.tokenize(captions)
+  seed = int(config.seed)
+  size = int(ec.finetune_size) or data.image_size
+  edge_backends.check_latent_size(setup.models, size)
+  if size != data.image_size:
+    images_u8 = None
+
+  def batch_fn(i):
+    cap = np.random.default_rng([seed, 3, i]).choice(n, b, replace=False)
+    img_idx = data.train.image_index[cap]
+    imgs = images_u8[img_idx] if images_u8 is not None else np.stack(
+        [load_image(data.image_path("train", int(j)), size, "uint8") for j in img_idx])
+    return {"images": jnp.asarray(edge.to_vae_input(imgs, str(ec.vae_input))),
+            "input_ids": jnp.asarray(ids_all[cap]), "attention_mask": jnp.asarray(mask_all[cap])}
+
+  step = jax.jit(functools.partial(edge.train_step, models=setup.models, hp=hp))
+  frozen = jax.tree.map(jnp.asarray, setup.frozen)
+  state = edge.init(jax.tree.map(jnp.asarray, setup.unet_vars), hp)
+  state = ctx.loop("edge_finetune", state, lambda s, batch, k: step(s, batch, k, frozen),
+                   batch_fn, finetune_steps(config, data), ctx.keys["finetune"])
+  return state.unet
