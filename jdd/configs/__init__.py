@@ -7,6 +7,10 @@ and imports its helpers like any other module instead of putting `configs/` on `
     classification   blocks of the decoupled methods (dataset, teacher, recover, relabel,
                      evaluate) and the smoke part they share
     sre2l, infer, fadrm   each decoupled method's base config, smoke variant and own helpers
+    image_text       the image-text driver's base config, offline data, paper data, and the
+                     trajectory-matching builder `tm_config` (the method's fixed choices come from
+                     its `SPEC` in jdd.methods)
+    edge             the EDGE builder `edge_config`, on top of image_text
     teacher_recipes  the references' squeeze recipes, for any registered architecture
 
 Nothing here runs anything: each function returns or edits an `ml_collections.ConfigDict`, and
