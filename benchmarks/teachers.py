@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "configs"), os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # tests/: the torch reference networks
 
 from jdd import models  # noqa: E402
+from jdd.configs.teacher_recipes import cifar_kwargs  # noqa: E402
 from jdd.models import ordered_bn_stats  # noqa: E402
 from jdd.objectives import bn_statistics_loss  # noqa: E402
 
@@ -92,7 +93,6 @@ def torch_model(arch: str, resolution: str, num_classes: int):
 def jdd_kwargs(arch: str, resolution: str) -> dict:
   if resolution == "imagenet":
     return {}
-  from teacher_recipes import cifar_kwargs
   return cifar_kwargs(arch)
 
 

@@ -19,11 +19,7 @@ citation); this CPU cannot run it. Variants: `pairs=100|200|500`, `smoke` (offli
 `reference`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from edge_common import edge_config  # noqa: E402
+from jdd.configs.edge import edge_config
 
 
 def get_config(arg=None):

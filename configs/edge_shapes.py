@@ -15,11 +15,7 @@ seconds per step; docs/edge.md). Variants: `:smoke` (about 2 CPU-minutes; the te
 `:reference` (the released code's behaviour), `:pairs=N`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from edge_common import edge_config  # noqa: E402
+from jdd.configs.edge import edge_config
 
 
 def get_config(arg=None):

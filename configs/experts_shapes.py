@@ -12,27 +12,20 @@ full train split. Variants: `:smoke` (a minute; what the tests run), `:trained_b
 (MTT-VL/LoRS-style: the backbone is trained and matched, no image head).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from image_text_common import apply_offline, apply_smoke, base_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import image_text
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "trained_backbone"}, "configs/experts_shapes")
-  c = base_config()
-  apply_offline(c)
+  c = image_text.base_config()
+  image_text.apply_offline(c)
   c.model.train_backbone = bool(args.get("trained_backbone", False))
   c.experts.num_experts = 5
   c.experts.keep_epochs = 0
   c.evaluate.baselines = ("random_100", "full_train")
-  c.evaluate.epochs = 100
-  c.evaluate.eval_every = 20
-  c.evaluate.seeds = 3
   if args.get("smoke"):
-    apply_smoke(c)
+    image_text.apply_smoke(c)
     c.evaluate.baselines = ("random_20", "full_train")
   return finalize(c)

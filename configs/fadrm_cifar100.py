@@ -16,12 +16,9 @@ Hardware: one GPU (paper: RTX 4090). Not yet run by jdd. Teacher archs other tha
 need the registry entries of issue 4.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from fadrm_common import (CIFAR100_MEAN, CIFAR100_STD, apply_smoke, base_config,  # noqa: E402
-                          patch_init, set_teachers, teacher)
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import fadrm
+from jdd.configs.classification import teacher
 
 CIFAR = {"stem": "cifar"}          # ResNet's CIFAR layout
 CIFAR_V = {"variant": "cifar"}     # kuangliu DenseNet / ShuffleNetV2 / MobileNetV2 layouts
@@ -33,18 +30,17 @@ LR_ETA = {1: (5e-4, 2.0), 10: (1e-3, 2.0), 50: (1e-3, 1.0)}
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_cifar100")
-  c = base_config()
-  c.plus = bool(args.get("plus", False))
+  c = fadrm.base_config(plus=bool(args.get("plus", False)))
   ipc = int(args.get("ipc", 50))
   c.dataset.name = "cifar100"
-  c.dataset.mean, c.dataset.std = CIFAR100_MEAN, CIFAR100_STD
+  c.dataset.mean, c.dataset.std = fadrm.CIFAR100_MEAN, fadrm.CIFAR100_STD
   teachers = {"resnet18": teacher("resnet18", CIFAR, **SQUEEZE),
               "densenet121": teacher("densenet121", CIFAR_V, **SQUEEZE),
               "shufflenet_v2": teacher("shufflenet_v2_x0_5", CIFAR_V, **SQUEEZE),
               "mobilenet_v2": teacher("mobilenet_v2", CIFAR_V, **SQUEEZE)}
   names = (("resnet18", "densenet121", "shufflenet_v2", "mobilenet_v2") if c.plus
            else ("resnet18",))
-  set_teachers(c, teachers, names)
+  fadrm.select_teachers(c, teachers, names)
   c.recover.ipc = ipc
   c.recover.resolutions = (32, 32, 32, 32)
   c.recover.budgets = (500, 500, 500, 500)
@@ -52,9 +48,9 @@ def get_config(arg=None):
   c.recover.jitter = 4
   c.recover.classes_per_batch = 100
   c.recover.groups_per_step = 10
-  patch_init(c, candidates=500, factor=1)
+  fadrm.patch_init(c, candidates=500, factor=1)
   c.evaluate.epochs = 1000
   c.evaluate.lr, c.evaluate.cosine_eta = LR_ETA.get(ipc, LR_ETA[50])
   if args.get("smoke"):
-    apply_smoke(c)
+    fadrm.apply_smoke(c)
   return finalize(c)

@@ -15,24 +15,20 @@ recover teachers, CutMix. Evaluate: ConvNet-3 student, 100 epochs, 3 seeds.
 Variants: `:plus=True`, `:ipc=N`, `:smoke` (what the tests run: stages 32 px then 28 px).
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from fadrm_common import apply_smoke, base_config, patch_init, set_teachers, teacher  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import classification, fadrm
+from jdd.configs.classification import teacher
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_fashion_mnist")
-  c = base_config()
-  c.plus = bool(args.get("plus", False))
-  c.dataset.name = "fashion_mnist"
-  c.dataset.val_size = 5000
-  quick = dict(epochs=1, batch_size=256, lr=0.05, crop_padding=2)
+  c = fadrm.base_config(plus=bool(args.get("plus", False)))
+  classification.fashion_mnist(c)
+  quick = classification.FASHION_MNIST_TEACHER_RECIPE
   teachers = {"convnet": teacher("convnet", {"width": 32, "depth": 3}, **quick),
               "resnet18": teacher("resnet18", {"stem": "cifar", "width": 16}, **quick)}
-  set_teachers(c, teachers, ("convnet", "resnet18") if c.plus else ("convnet",))
+  fadrm.select_teachers(c, teachers, ("convnet", "resnet18") if c.plus else ("convnet",))
   c.recover.ipc = int(args.get("ipc", 10))
   c.recover.resolutions = (28, 28, 28, 28)
   c.recover.budgets = (125, 125, 125, 125)
@@ -42,18 +38,10 @@ def get_config(arg=None):
   c.recover.crop_scale = (0.5, 1.0)
   c.recover.jitter = 2
   c.recover.compute_dtype = "float32"
-  patch_init(c, candidates=200, factor=1, crops=2)
+  fadrm.patch_init(c, candidates=200, factor=1, crops=2)
   c.relabel.crop_scale = (0.5, 1.0)
-  c.evaluate.student = {"arch": "convnet", "kwargs": {"width": 32, "depth": 3}}
-  c.evaluate.epochs = 100
-  c.evaluate.batch_size = 50
-  c.evaluate.lr = 2e-3
-  c.evaluate.temperature = 4.0
-  c.evaluate.eval_every = 20
-  c.evaluate.seeds = 3
   if args.get("smoke"):
-    apply_smoke(c)
-    c.dataset.name = "fashion_mnist"
+    fadrm.apply_smoke(c)
     # 32 then 28 px: both give the ConvNet's 4x4 feature map (28 + 2 * 3 padding), so the
     # smoke run crosses a real change of resolution (upsampled, then ARC back to 28).
     c.recover.resolutions = (32, 28)

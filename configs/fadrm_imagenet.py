@@ -18,11 +18,9 @@ Relabel: BSSL, batch 16 in 2 x 8, RRC 0.08-1 + flip + CutMix, 300 epochs, labels
 Hardware: GPUs. Not yet run by jdd.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from fadrm_common import apply_smoke, base_config, patch_init, set_teachers, teacher  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import fadrm
+from jdd.configs.classification import teacher
 
 TV = {"stem": "imagenet"}
 LR_ETA = {1: (1e-3, 2.0), 10: (1e-3, 2.0), 50: (1e-3, 1.0)}
@@ -31,8 +29,7 @@ LR_ETA = {1: (1e-3, 2.0), 10: (1e-3, 2.0), 50: (1e-3, 1.0)}
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_imagenet")
-  c = base_config()
-  c.plus = bool(args.get("plus", False))
+  c = fadrm.base_config(plus=bool(args.get("plus", False)))
   ipc = int(args.get("ipc", 50))
   c.dataset.name = "imagenet1k"
   c.dataset.val_size = 10000
@@ -44,18 +41,18 @@ def get_config(arg=None):
              ("resnet18", "densenet121", "shufflenet_v2", "mobilenet_v2"))
   else:
     names = ("resnet18",)
-  set_teachers(c, teachers, names)
+  fadrm.select_teachers(c, teachers, names)
   c.recover.ipc = ipc
   c.recover.resolutions = (200, 224, 200, 224)
   c.recover.budgets = (500, 500, 500, 500)
   c.recover.lr = 0.25
   c.recover.jitter = 32
   c.recover.classes_per_batch = 100
-  patch_init(c, candidates=300, factor=2)
+  fadrm.patch_init(c, candidates=300, factor=2)
   c.relabel.mode = "bssl_online"
   c.evaluate.student = {"arch": "resnet18", "kwargs": {"stem": "imagenet"}}
   c.evaluate.epochs = 300
   c.evaluate.lr, c.evaluate.cosine_eta = LR_ETA.get(ipc, LR_ETA[50])
   if args.get("smoke"):
-    apply_smoke(c)
+    fadrm.apply_smoke(c)
   return finalize(c)

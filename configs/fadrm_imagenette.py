@@ -13,17 +13,14 @@ Validate: AdamW, T 20, lr/eta 5e-4/2, 5e-4/1, 5e-4/2 at IPC 1/10/50. `:smoke` sh
 images to 32 px. Hardware: one GPU. Not yet run by jdd.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from fadrm_common import imagenet_subset_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import fadrm
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_imagenette")
-  c = imagenet_subset_config(
+  c = fadrm.imagenet_subset_config(
       args, fadrm_lr=0.05,
       order=("resnet18", "densenet121", "shufflenet_v2", "mobilenet_v2"), relabel_batch=10,
       lr_eta={1: (5e-4, 2.0), 10: (5e-4, 1.0), 50: (5e-4, 2.0)})

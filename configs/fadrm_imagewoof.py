@@ -15,17 +15,14 @@ validate scripts use batch 10 at IPC 10/50 against labels made with 16, which ca
 1/10/50. `:smoke` shrinks the images to 32 px. Hardware: one GPU. Not yet run by jdd.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from fadrm_common import imagenet_subset_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import fadrm
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_imagewoof")
-  c = imagenet_subset_config(
+  c = fadrm.imagenet_subset_config(
       args, fadrm_lr=0.25,
       order=("resnet18", "shufflenet_v2", "mobilenet_v2", "densenet121"), relabel_batch=16,
       lr_eta={1: (5e-4, 2.0), 10: (5e-4, 1.0), 50: (1e-3, 2.0)})

@@ -15,12 +15,9 @@ FADRM IPC 50 relabel script alone runs its teacher in eval mode; jdd keeps BSSL
 lr/eta 1e-3/2, 1e-3/2, 1e-3/1 at IPC 1/10/50. Hardware: one GPU. Not yet run by jdd.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from fadrm_common import (IMAGENET_MEAN, IMAGENET_STD, apply_smoke, base_config,  # noqa: E402
-                          patch_init, set_teachers, teacher)
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import fadrm
+from jdd.configs.classification import teacher
 
 CIFAR = {"stem": "cifar"}
 CIFAR_V = {"variant": "cifar"}
@@ -30,12 +27,11 @@ LR_ETA = {1: (1e-3, 2.0), 10: (1e-3, 2.0), 50: (1e-3, 1.0)}
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_tiny")
-  c = base_config()
-  c.plus = bool(args.get("plus", False))
+  c = fadrm.base_config(plus=bool(args.get("plus", False)))
   ipc = int(args.get("ipc", 50))
   c.dataset.name = "tiny_imagenet"
   c.dataset.image_size = 64
-  c.dataset.mean, c.dataset.std = IMAGENET_MEAN, IMAGENET_STD
+  c.dataset.mean, c.dataset.std = fadrm.IMAGENET_MEAN, fadrm.IMAGENET_STD
   # Squeeze fallback: 50 epochs SGD 0.01 (CV-DD; batch and wd [unverified]).
   squeeze = dict(epochs=50, batch_size=256, lr=0.01, weight_decay=5e-4)
   teachers = {"resnet18": teacher("resnet18", CIFAR, **squeeze),
@@ -47,7 +43,7 @@ def get_config(arg=None):
              ("resnet18", "shufflenet_v2", "densenet121", "mobilenet_v2"))
   else:
     names = ("resnet18",)
-  set_teachers(c, teachers, names)
+  fadrm.select_teachers(c, teachers, names)
   c.recover.ipc = ipc
   c.recover.resolutions = (64, 64, 64, 64) if c.plus else (64, 64)
   c.recover.budgets = (500, 500, 500, 500) if c.plus else (500, 500)
@@ -55,10 +51,9 @@ def get_config(arg=None):
   c.recover.jitter = 4
   c.recover.classes_per_batch = 100
   c.recover.groups_per_step = 4
-  patch_init(c, candidates=500, factor=1)
+  fadrm.patch_init(c, candidates=500, factor=1)
   c.evaluate.epochs = 300
   c.evaluate.lr, c.evaluate.cosine_eta = LR_ETA.get(ipc, LR_ETA[50])
   if args.get("smoke"):
-    apply_smoke(c)
-    c.dataset.image_size = 64
+    fadrm.apply_smoke(c)
   return finalize(c)

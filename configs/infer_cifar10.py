@@ -17,22 +17,18 @@ the epoch on a validation split (the reference reports the best test epoch).
 Hardware: one GPU. Not yet run by jdd. Variants: `:ipc=N`, `:dynamic=True`, `:smoke`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_common import base_config, cifar_teachers, finish  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import infer
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "dynamic"}, "configs/infer_cifar10")
-  c = base_config()
+  c = infer.base_config()
   c.dataset.name = "cifar10"
-  cifar_teachers(c)
+  infer.cifar_teachers(c)
   c.recover.ipc = int(args.get("ipc", 10))
   c.recover.classes_per_batch = 10
   c.recover.groups_per_step = 7
-  finish(c, args)
+  infer.apply_variants(c, args)
   return finalize(c)

@@ -15,22 +15,18 @@ RandomCrop(32, 4) + flip + Mixup 0.8, T 30, ResNet-18, AdamW 1e-3, bs 64, 400 / 
 Hardware: one GPU. Not yet run by jdd. Variants: `:ipc=N`, `:dynamic=True`, `:smoke`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_common import base_config, cifar_teachers, finish  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import infer
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "dynamic"}, "configs/infer_cifar100")
-  c = base_config()
+  c = infer.base_config()
   c.dataset.name = "cifar100"
-  cifar_teachers(c)
+  infer.cifar_teachers(c)
   c.recover.ipc = int(args.get("ipc", 10))
   c.recover.classes_per_batch = 100
   c.recover.groups_per_step = 4
-  finish(c, args)
+  infer.apply_variants(c, args)
   return finalize(c)

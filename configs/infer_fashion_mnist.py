@@ -16,26 +16,22 @@ Measured wall time on 2 shared CPU cores: see docs/infer.md (target < 20 minutes
 Variants: `:dynamic=True`, `:ipc=N` (N >= 2), `:smoke` (a minute; what the tests run).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_common import apply_dynamic, apply_smoke, base_config, set_teachers, teacher_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import classification, infer
+from jdd.configs.classification import teacher
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "dynamic"}, "configs/infer_fashion_mnist")
-  c = base_config()
-  c.dataset.name = "fashion_mnist"
-  c.dataset.val_size = 5000
-  recipe = dict(epochs=1, batch_size=256, lr=0.05, crop_padding=2)
-  set_teachers(c, {
-      "convnet_w32": teacher_config("convnet", {"width": 32, "depth": 3}, **recipe),
-      "resnet18_w4": teacher_config("resnet18", {"stem": "cifar", "width": 4}, **recipe),
-      "convnet_w32d2": teacher_config("convnet", {"width": 32, "depth": 2}, **recipe),
-      "resnet18_w8": teacher_config("resnet18", {"stem": "cifar", "width": 8}, **recipe)})
+  c = infer.base_config()
+  classification.fashion_mnist(c)
+  recipe = classification.FASHION_MNIST_TEACHER_RECIPE
+  infer.set_compensator_teachers(c, {
+      "convnet_w32": teacher("convnet", {"width": 32, "depth": 3}, **recipe),
+      "resnet18_w4": teacher("resnet18", {"stem": "cifar", "width": 4}, **recipe),
+      "convnet_w32d2": teacher("convnet", {"width": 32, "depth": 2}, **recipe),
+      "resnet18_w8": teacher("resnet18", {"stem": "cifar", "width": 8}, **recipe)})
   c.recover.ipc = int(args.get("ipc", 10))
   c.recover.iterations = 500
   c.recover.lr = 0.25
@@ -47,16 +43,5 @@ def get_config(arg=None):
   c.relabel.crop_padding = 2
   c.relabel.mix = "mixup"
   c.relabel.mix_alpha = 0.8
-  c.evaluate.student = {"arch": "convnet", "kwargs": {"width": 32, "depth": 3}}
-  c.evaluate.epochs = 100
-  c.evaluate.batch_size = 50
-  c.evaluate.lr = 2e-3
-  c.evaluate.temperature = 4.0
-  c.evaluate.eval_every = 20
-  c.evaluate.seeds = 3
-  c.checkpoint_every = 100
-  if args.get("smoke"):
-    apply_smoke(c)
-  if args.get("dynamic"):
-    apply_dynamic(c)
+  infer.apply_variants(c, args)
   return finalize(c)

@@ -20,24 +20,21 @@ Hardware: GPUs; IPC 50 is 49 x 3 compensators of 1000-image batches x 2000 steps
 Not yet run by jdd. Variants: `:ipc=N`, `:dynamic=True`, `:smoke`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_common import base_config, finish, set_teachers, teacher_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import infer
+from jdd.configs.classification import teacher
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "dynamic"}, "configs/infer_imagenet")
-  c = base_config()
+  c = infer.base_config()
   c.dataset.name = "imagenet1k"
   c.dataset.val_size = 10000
-  set_teachers(c, {
-      "resnet18": teacher_config("resnet18", {"stem": "imagenet"}),
-      "mobilenet_v2": teacher_config("mobilenet_v2", {"variant": "torchvision"}),
-      "efficientnet_b0": teacher_config("efficientnet_b0", {"variant": "torchvision"})})
+  infer.set_compensator_teachers(c, {
+      "resnet18": teacher("resnet18", {"stem": "imagenet"}),
+      "mobilenet_v2": teacher("mobilenet_v2", {"variant": "torchvision"}),
+      "efficientnet_b0": teacher("efficientnet_b0", {"variant": "torchvision"})})
   c.recover.ipc = int(args.get("ipc", 10))
   c.recover.iterations = 2000
   c.recover.lr = 0.25
@@ -52,5 +49,5 @@ def get_config(arg=None):
   c.evaluate.epochs = 300
   c.evaluate.batch_size = 1024
   c.evaluate.temperature = 20.0
-  finish(c, args)
+  infer.apply_variants(c, args)
   return finalize(c)

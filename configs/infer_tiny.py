@@ -16,21 +16,17 @@ student ResNet-18, AdamW 1e-3, bs 64, 200 epochs static, 200 / 5 = 40 dynamic [u
 Hardware: one GPU. Not yet run by jdd. Variants: `:ipc=N`, `:dynamic=True`, `:smoke`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from infer_common import base_config, cifar_teachers, finish  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import infer
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc", "dynamic"}, "configs/infer_tiny")
-  c = base_config()
+  c = infer.base_config()
   c.dataset.name = "tiny_imagenet"
   c.dataset.image_size = 64
-  cifar_teachers(c, epochs=50)
+  infer.cifar_teachers(c, epochs=50)
   for name in c.teacher_names:
     t = c.teachers[name]
     t.batch_size, t.lr, t.weight_decay, t.warmup_epochs = 256, 0.2, 1e-4, 5
@@ -38,5 +34,5 @@ def get_config(arg=None):
   c.recover.classes_per_batch = 200
   c.recover.groups_per_step = 2
   c.evaluate.epochs = 200
-  finish(c, args)
+  infer.apply_variants(c, args)
   return finalize(c)

@@ -18,7 +18,7 @@ script of a cell (research §5.2): Flickr-500 mini-batch 40, COCO-200 2000 itera
 COCO-500 mini-batch 30.
 COCO cells merge the two branches' normalisation; COCO-500 distils at tau 0.1 while
 experts and evaluation use 0.07, as the reference (research §9 #5).
-Hyperparameters: research §5.2 (configs/image_text_common.py TM_CELLS); 3000 iterations,
+Hyperparameters: research §5.2 (jdd/configs/image_text.py TM_CELLS); 3000 iterations,
 syn_steps 8, expert_epochs 1, lr_lr 1e-2, student lrs start at 0.1, outer SGD momentum 0.5.
 
 Data (paths are read from the config only): annotations under data/coco/annotations, images under
@@ -29,11 +29,7 @@ Hardware: a GPU (the paper reports 11.5 s per iteration); 20 experts are trained
 (or point experts at a finished store). Variants: `pairs=`, `grad_mode=exact|tesla`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from image_text_common import tm_config  # noqa: E402
+from jdd.configs.image_text import tm_config
 
 
 def get_config(arg=None):

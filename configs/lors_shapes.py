@@ -10,11 +10,7 @@ Results and wall times: docs/trajectory_matching.md. Variants: `:smoke` (a CPU m
 tests run it), `:grad_mode=exact|tesla`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from image_text_common import tm_config  # noqa: E402
+from jdd.configs.image_text import tm_config
 
 
 def get_config(arg=None):

@@ -13,28 +13,25 @@ trained on all of COCO reaches 14.6/38.9/53.2 | 20.6/46.8/61.3):
                random: 1.1/5.0/8.7 | 1.9/7.5/12.5
 
 MTT-VL has a published script only for Flickr-100 (lr_img = lr_txt = 1000, mini-batch 100,
-syn_steps 8, max_start_epoch 2); every cell here uses it, with the cell's max_start_epoch and
-merged normalisation on COCO. Exact MTT gradient (`:grad_mode=tesla` for the cheap one); the
-unroll uses the consistent logit scale 1/0.07 (`--config.distill.reference_logit_scale=True`
-reproduces the reference's 2.66, research §3.4). Evaluation: 50 + 1 epochs, InfoNCE.
+syn_steps 8, max_start_epoch 2); every cell here uses it, max_start_epoch 2 included (not the
+3 of RepBlend's Flickr-500 script), with merged normalisation on COCO. Exact MTT gradient
+(`:grad_mode=tesla` for the cheap one); the unroll uses the consistent logit scale 1/0.07
+(`--config.distill.reference_logit_scale=True` reproduces the reference's 2.66, research §3.4).
+Evaluation: 50 + 1 epochs, InfoNCE.
 COCO cells merge the two branches' normalisation; COCO-500 distils at tau 0.1 while
 experts and evaluation use 0.07, as the reference (research §9 #5).
-Hyperparameters: research §5.2 (configs/image_text_common.py TM_CELLS); 3000 iterations,
+Hyperparameters: research §5.2 (jdd/configs/image_text.py TM_CELLS); 3000 iterations,
 syn_steps 8, expert_epochs 1, lr_lr 1e-2, student lrs start at 0.1, outer SGD momentum 0.5.
 
 Data (paths are read from the config only): annotations under data/coco/annotations, images under
 data/coco/images, bert-base-uncased in data/bert-base-uncased, the converted timm nfnet_l0 in
 data/nfnet_l0_jdd (`python -m third_party.convert_timm`). With no data on disk the run stops at
 once, says which files go where, and names the offline variant: configs/mttvl_shapes.py.
-Hardware: a GPU (the paper reports (not reported) s per iteration); 20 experts are trained first
+Hardware: a GPU (no paper reports MTT-VL's time per iteration); 20 experts are trained first
 (or point experts at a finished store). Variants: `pairs=`, `grad_mode=exact|tesla`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from image_text_common import tm_config  # noqa: E402
+from jdd.configs.image_text import tm_config
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ trained on all of Flickr30K reaches 23.16/53.98/66.62 | 33.8/65.7/76.9):
 RepBlend: frozen NFNet-L0, image and text projection heads matched symmetrically,
 representation blending (alpha_2 = 1), learned low-rank S with WBCE, TESLA gradient;
 `pairs` - 1 pairs are distilled (S is charged one pair).
-Hyperparameters: research §5.2 (configs/image_text_common.py TM_CELLS); 3000 iterations,
+Hyperparameters: research §5.2 (jdd/configs/image_text.py TM_CELLS); 3000 iterations,
 syn_steps 8, expert_epochs 1, lr_lr 1e-2, student lrs start at 0.1, outer SGD momentum 0.5.
 
 Data (paths are read from the config only): annotations under data/flickr30k/annotations, images under
@@ -26,11 +26,7 @@ Hardware: a GPU (the paper reports 1.71 s per iteration); 20 experts are trained
 (or point experts at a finished store). Variants: `pairs=`, `grad_mode=exact|tesla`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from image_text_common import tm_config  # noqa: E402
+from jdd.configs.image_text import tm_config
 
 
 def get_config(arg=None):

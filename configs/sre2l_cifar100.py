@@ -13,17 +13,14 @@ train-mode teacher is an accident; see docs/sre2l.md).
 Hardware: one GPU; the teacher is the long part (hours). Not yet run by jdd.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from sre2l_common import apply_smoke, base_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import sre2l
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc"}, "configs/sre2l_cifar100")
-  c = base_config()
+  c = sre2l.base_config()
   c.dataset.name = "cifar100"
   c.recover.ipc = int(args.get("ipc", 50))
   c.recover.iterations = 1000
@@ -42,5 +39,5 @@ def get_config(arg=None):
   c.evaluate.temperature = 30.0
   c.evaluate.lr_per_epoch = True
   if args.get("smoke"):
-    apply_smoke(c)
+    sre2l.apply_smoke(c)
   return finalize(c)

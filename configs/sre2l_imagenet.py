@@ -13,17 +13,14 @@ bs 1024, T 20. Labels run online (stored FKD labels would be ~30 GB at IPC 50).
 Hardware: GPUs; recover at IPC 50 is 500 batches x 4000 steps. Not yet run by jdd.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from sre2l_common import apply_smoke, base_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import sre2l
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc"}, "configs/sre2l_imagenet")
-  c = base_config()
+  c = sre2l.base_config()
   c.dataset.name = "imagenet1k"
   c.dataset.val_size = 10000
   c.teacher.kwargs = {"stem": "imagenet"}
@@ -43,5 +40,5 @@ def get_config(arg=None):
   c.evaluate.temperature = 20.0
   c.evaluate.eval_every = 10
   if args.get("smoke"):
-    apply_smoke(c)
+    sre2l.apply_smoke(c)
   return finalize(c)

@@ -11,17 +11,14 @@ labels, same maths), RRC(64) + flip, no mix, 100 epochs, SGD 0.2 momentum 0.9 wd
 + 5 warm-up, bs 256, T 20 with the T^2 factor. Hardware: one GPU. Not yet run by jdd.
 """
 
-import os
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from sre2l_common import apply_smoke, base_config  # noqa: E402
-from jdd.config import check_variant_keys, finalize, parse_arg  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import sre2l
 
 
 def get_config(arg=None):
   args = parse_arg(arg)
   check_variant_keys(args, {"smoke", "ipc"}, "configs/sre2l_tiny")
-  c = base_config()
+  c = sre2l.base_config()
   c.dataset.name = "tiny_imagenet"
   c.dataset.image_size = 64
   c.teacher.epochs = 50
@@ -47,6 +44,5 @@ def get_config(arg=None):
   c.evaluate.temperature = 20.0
   c.evaluate.t_squared = True
   if args.get("smoke"):
-    apply_smoke(c)
-    c.dataset.image_size = 64
+    sre2l.apply_smoke(c)
   return finalize(c)

@@ -10,8 +10,6 @@ dropout is live in squeeze, and reproducible).
 
 import dataclasses
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -20,10 +18,8 @@ import numpy as np
 import pytest
 
 from jdd import models, training
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "configs"))
-from teacher_recipes import apply_recipe, recipe  # noqa: E402
+from jdd.configs import sre2l
+from jdd.configs.teacher_recipes import apply_recipe, recipe
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # Shrinking kwargs, used only where the module has that field.
@@ -151,7 +147,5 @@ def test_recipes_match_the_references():
   with pytest.raises(ValueError, match="reference must be"):
     recipe("resnet18", "cifar10", reference="dc")
   # apply_recipe fills a real config's teacher block (types checked by ConfigDict).
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
-  from sre2l_common import base_config
-  c = apply_recipe(base_config(), "resnet50", "tiny_imagenet")
+  c = apply_recipe(sre2l.base_config(), "resnet50", "tiny_imagenet")
   assert c.teacher.arch == "resnet50" and c.teacher.lr == 0.2 and c.teacher.warmup_epochs == 5

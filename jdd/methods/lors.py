@@ -10,20 +10,9 @@ dropout in TESLA's second pass, consistent learning-rate-gradient normalisation)
 
 from __future__ import annotations
 
-import ml_collections
-
 from jdd.methods import tm_vl
 
-SPEC = tm_vl.MethodSpec(name="lors", train_backbone=True, similarity=True, blend=False)
-
-
-def configure(c: ml_collections.ConfigDict) -> None:
-  c.method = "lors"
-  c.model.train_backbone = True
-  c.distill.loss = "wbce"
-  c.distill.similarity = "lowrank"
-  c.distill.charge_similarity = True
-  c.distill.blend = False
-  c.distill.grad_mode = "tesla"
-  c.evaluate.loss = "wbce"
+# The method's fixed choices, stated once: jdd.configs.image_text writes them into its configs.
+SPEC = tm_vl.MethodSpec(name="lors", train_backbone=True, similarity_kind="lowrank",
+                        blend=False, loss="wbce", grad_mode="tesla")
 

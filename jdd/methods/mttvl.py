@@ -15,21 +15,9 @@ The reference also draws a fresh random subset per step; jdd uses the permutatio
 
 from __future__ import annotations
 
-import ml_collections
-
 from jdd.methods import tm_vl
 
-SPEC = tm_vl.MethodSpec(name="mttvl", train_backbone=True, similarity=False, blend=False)
-
-
-def configure(c: ml_collections.ConfigDict) -> None:
-  """The method's fixed choices on a base image-text config."""
-  c.method = "mttvl"
-  c.model.train_backbone = True
-  c.distill.loss = "infonce"
-  c.distill.similarity = "none"
-  c.distill.charge_similarity = False
-  c.distill.blend = False
-  c.distill.grad_mode = "exact"
-  c.evaluate.loss = "infonce"
+# The method's fixed choices, stated once: jdd.configs.image_text writes them into its configs.
+SPEC = tm_vl.MethodSpec(name="mttvl", train_backbone=True, similarity_kind="none", blend=False,
+                        loss="infonce", grad_mode="exact")
 

@@ -13,21 +13,9 @@ masks (the reference stores lambda and pi but redraws dropout); see `jdd.methods
 
 from __future__ import annotations
 
-import ml_collections
-
 from jdd.methods import tm_vl
 
-SPEC = tm_vl.MethodSpec(name="repblend", train_backbone=False, similarity=True, blend=True)
-
-
-def configure(c: ml_collections.ConfigDict) -> None:
-  c.method = "repblend"
-  c.model.train_backbone = False
-  c.distill.loss = "wbce"
-  c.distill.similarity = "lowrank"
-  c.distill.charge_similarity = True
-  c.distill.blend = True
-  c.distill.blend_alpha = 1.0
-  c.distill.grad_mode = "tesla"
-  c.evaluate.loss = "wbce"
+# The method's fixed choices, stated once: jdd.configs.image_text writes them into its configs.
+SPEC = tm_vl.MethodSpec(name="repblend", train_backbone=False, similarity_kind="lowrank",
+                        blend=True, blend_alpha=1.0, loss="wbce", grad_mode="tesla")
 

@@ -55,11 +55,25 @@ NOISE_STD = (1.0451, 1.0752, 1.0539)
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-  """What distinguishes the three methods (everything else is shared)."""
+  """What distinguishes the three methods (everything else is shared), stated once: the
+  method module's `SPEC`. jdd.configs.image_text.tm_config writes it into every config of the
+  method (`model.train_backbone`, `distill.similarity`, `distill.charge_similarity`,
+  `distill.blend`, `distill.blend_alpha`, `distill.loss`, `distill.grad_mode`,
+  `evaluate.loss`); a config may still override a field, and the distill stage refuses a
+  backbone, similarity or blending that the method does not have."""
   name: str
   train_backbone: bool      # MTT-VL/LoRS: the image backbone is trained and matched
-  similarity: bool          # LoRS/RepBlend: learn S and train with WBCE against it
+  similarity_kind: str      # S as learned: 'lowrank' (LoRS/RepBlend) | 'full' | 'none' (MTT-VL)
   blend: bool               # RepBlend: representation blending inside the unroll
+  loss: str                 # the student's and the evaluator's loss: 'wbce' | 'infonce'
+  grad_mode: str            # the default outer gradient: 'exact' (through the unroll) | 'tesla'
+  blend_alpha: float = 1.0  # lambda ~ Beta(blend_alpha, blend_alpha); read only with `blend`
+
+  @property
+  def similarity(self) -> bool:
+    """LoRS/RepBlend: learn S and train with WBCE against it; the pair budget charges S one
+    pair (`distill.charge_similarity`, which the configs set to this)."""
+    return self.similarity_kind != "none"
 
 
 # ------------------------------------------------------------------------------ state

@@ -1,4 +1,4 @@
-"""Fields every EDGE config shares, on top of the image-text driver's (image_text_common).
+"""EDGE's config builder `edge_config`, on top of the image-text base (jdd.configs.image_text).
 
 EDGE's own defaults are the released code's CLI (shared/research/edge_method.md §1.1-1.3):
 SGD lr 1e-3, 10 epochs, batch 128, 224-px fine-tuning images, lambda_c = lambda_d = 1,
@@ -8,13 +8,10 @@ trajectory methods' evaluator and random subset). `edge_config` builds a paper c
 `smoke`, or the offline variant (backend 'offline': a small VAE and U-Net pretrained here).
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(__file__))
-from image_text_common import PAPER_PATHS, apply_offline, apply_smoke, base_config  # noqa: E402
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import image_text
 
 
 def edge_fields(c: ml_collections.ConfigDict) -> None:
@@ -46,7 +43,7 @@ def edge_fields(c: ml_collections.ConfigDict) -> None:
 
 def apply_offline_edge(c: ml_collections.ConfigDict) -> None:
   """jdd's generated data, MiniLM, the small NFNet, and small diffusion models trained here."""
-  apply_offline(c)
+  image_text.apply_offline(c)
   c.edge.backend = "offline"
   c.edge.finetune_size = 0             # the dataset's size
   c.edge.sampler.size = int(c.dataset.image_size)
@@ -56,16 +53,13 @@ def apply_offline_edge(c: ml_collections.ConfigDict) -> None:
   c.edge.sampler.guidance_scale = 4.0
   c.edge.sample_batch = 25
   c.pretrain.epochs = 10
-  c.evaluate.epochs = 100
-  c.evaluate.eval_every = 20
-  c.evaluate.seeds = 3
   c.log_every = 25
   c.checkpoint_every = 100
 
 
 def apply_smoke_edge(c: ml_collections.ConfigDict) -> None:
   """Tiny everything: the tests' end-to-end run."""
-  apply_smoke(c)
+  image_text.apply_smoke(c)
   c.dataset.sizes = ml_collections.ConfigDict(dict(train=40, val=10, test=10))
   c.pretrain.epochs = 1
   c.edge.sampler.size = int(c.dataset.image_size)
@@ -80,28 +74,21 @@ def apply_smoke_edge(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every = 2
 
 
-def edge_config(dataset: str, arg, name: str):
+def edge_config(dataset: str, arg, name: str) -> ml_collections.ConfigDict:
   """A paper cell (`pairs=100|200|500`), its `smoke` (offline, tiny), or (dataset
   'shapes_captions') the offline variant; `reference` restores the released code's behaviour
   (clean U-Net input, no rescale before decoding, raw CLIP input, CLIP-normalised VAE input)."""
-  from jdd.config import check_variant_keys, finalize, parse_arg
   args = parse_arg(arg)
   check_variant_keys(args, {"pairs", "smoke", "reference"}, name)
-  c = base_config()
+  c = image_text.base_config()
   edge_fields(c)
   offline = dataset == "shapes_captions" or bool(args.get("smoke"))
   c.offline_variant = "configs/edge_shapes.py"
-  pairs = int(args.get("pairs", 100))
-  if dataset != "shapes_captions" and pairs not in (100, 200, 500):
-    raise ValueError(f"{name}: pairs must be 100, 200 or 500 (the paper cells), got {pairs}")
+  pairs = image_text.read_pairs(args, dataset, name)
   if offline:
     apply_offline_edge(c)
   else:
-    c.dataset.name = dataset
-    c.dataset.ann_dir, c.dataset.image_root = PAPER_PATHS[dataset]
-    c.dataset.reference = "lors"          # EDGE's data code is LoRS's (30 words)
-    c.text_encoder.path = "data/bert-base-uncased"
-    c.image_encoder.checkpoint = "data/nfnet_l0_jdd"
+    image_text.apply_paper_data(c, dataset, reference="lors")  # EDGE's data code is LoRS's
     c.model.train_backbone = True         # EDGE's evaluation trains the NFNet (LoRS buffer.py)
   c.edge.pairs = pairs
   c.evaluate.baselines = (f"random_{pairs}",)

@@ -1,23 +1,33 @@
-"""Fields every image-text config shares (data, encoders, experts, retrieval evaluation).
+"""The image-text configs' shared fields and the trajectory-matching builder `tm_config`.
 
 The values are the references' (shared/research/multimodal_dd_methods.md §2-§6); each
-configs/<method>_<dataset>.py sets its paper cell's values, and `apply_offline` switches any of
-them to jdd's generated `shapes_captions` data, the offline MiniLM text encoder and a small NFNet
-pretrained here, so the pipeline runs with no download.
+configs/<method>_<dataset>.py names its method and dataset, and `tm_config` builds the paper cell
+(or jdd's offline variant) from the tables here. A trajectory-matching method's fixed choices
+(trained or frozen backbone, learned similarity, blending, loss, default gradient) are its
+`SPEC` in jdd.methods.<method>, written into the config by `apply_method`: nowhere else.
+`apply_offline` switches any config to jdd's generated `shapes_captions` data, the offline MiniLM
+text encoder and a small NFNet pretrained here, so the pipeline runs with no download;
+`apply_paper_data` points it at the paper's data and converted weights. EDGE's builder
+(jdd.configs.edge) starts from the same base config.
 """
 
 import ml_collections
 
+from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.configs import new_config
+from jdd.methods import lors, mttvl, repblend, tm_vl
 from jdd.models.nfnet import NFNET_TINY
+
+# config.method -> the trajectory-matching method's fixed choices.
+SPECS = {"mttvl": mttvl.SPEC, "lors": lors.SPEC, "repblend": repblend.SPEC}
+
+PAPER_PAIRS = (100, 200, 500)
+PAPER_PATHS = {"flickr30k": ("data/flickr30k/annotations", "data/flickr30k/images"),
+               "coco": ("data/coco/annotations", "data/coco/images")}
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.method = "experts"
-  c.seed = 0
-  c.num_devices = 0
-  c.log_every = 50
-  c.checkpoint_every = 200
+  c = new_config("experts", checkpoint_every=200)
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="flickr30k", ann_dir="", image_root="", image_size=224, reference="repblend",
@@ -39,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
       epochs=30, batch_size=100, lr=2e-3, weight_decay=1e-4))
 
   c.model = ml_collections.ConfigDict(dict(
-      train_backbone=False,  # RepBlend: frozen backbone + image head; MTT-VL/LoRS: True
+      train_backbone=False,  # frozen backbone + image head (RepBlend's); True: trained, no head
       embed_dim=0, dropout=0.1, temperature=0.07))
 
   c.experts = ml_collections.ConfigDict(dict(
@@ -55,8 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
       baselines=("random_100",),
       full_train_epochs=10))  # the 'full_train' baseline's epochs (0: evaluate.epochs)
 
-  # Trajectory matching (MTT-VL, LoRS, RepBlend; research §5.1-5.2). The method modules'
-  # `configure` fix loss / similarity / blend / train_backbone; configs set the paper cell.
+  # Trajectory matching (MTT-VL, LoRS, RepBlend; research §5.1-5.2). The paper cell's values
+  # come from TM_CELLS. similarity, charge_similarity, loss, grad_mode, blend and blend_alpha
+  # are declared here only: `apply_method` writes the method's SPEC into them (the configs
+  # without a trajectory method, experts and EDGE, carry these values unused).
   c.distill = ml_collections.ConfigDict(dict(
       pairs=100,               # the pair budget; LoRS/RepBlend distil pairs - 1 (S is charged)
       charge_similarity=True,
@@ -76,13 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
       clamp_lr=0.0,            # > 0: floor for the learned student lrs (reference --clamp_lr)
       eval_every=150, eval_seeds=1))
   c.offline_variant = ""       # printed when the dataset is missing
-
-  c.debug = ml_collections.ConfigDict({"interrupt_after": 0})
   return c
 
 
 def apply_offline(c: ml_collections.ConfigDict, root: str = "runs/data") -> None:
-  """jdd's offline substitutes: generated shapes_captions, MiniLM, a small pretrained NFNet."""
+  """jdd's offline substitutes (generated shapes_captions, MiniLM, a small pretrained NFNet)
+  and the offline variants' one evaluation protocol: 100 epochs, scored every 20, 3 seeds."""
   c.dataset.name = "shapes_captions"
   c.dataset.generate = True
   c.dataset.root = root
@@ -92,6 +103,28 @@ def apply_offline(c: ml_collections.ConfigDict, root: str = "runs/data") -> None
   c.image_encoder.kwargs = ml_collections.ConfigDict(dict(NFNET_TINY))
   c.image_encoder.feature_dim = NFNET_TINY["num_features"]
   c.image_encoder.checkpoint = ""
+  c.evaluate.epochs = 100
+  c.evaluate.eval_every = 20
+  c.evaluate.seeds = 3
+
+
+def apply_paper_data(c: ml_collections.ConfigDict, dataset: str, reference: str) -> None:
+  """A paper cell's data and weights: `dataset` (flickr30k | coco) under data/, read with the
+  caption handling of `reference` (its max words), bert-base-uncased and the converted
+  NFNet-L0 (jdd never downloads: a missing file stops the run with the list)."""
+  c.dataset.name = dataset
+  c.dataset.ann_dir, c.dataset.image_root = PAPER_PATHS[dataset]
+  c.dataset.reference = reference
+  c.text_encoder.path = "data/bert-base-uncased"
+  c.image_encoder.checkpoint = "data/nfnet_l0_jdd"
+
+
+def read_pairs(args: dict, dataset: str, name: str) -> int:
+  """The `pairs` variant (default 100): one of the paper cells', except offline."""
+  pairs = int(args.get("pairs", 100))
+  if dataset != "shapes_captions" and pairs not in PAPER_PAIRS:
+    raise ValueError(f"{name}: pairs must be 100, 200 or 500 (the paper cells), got {pairs}")
+  return pairs
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:
@@ -135,86 +168,106 @@ TM_CELLS = {
 # MTT-VL's README command (Flickr 100; no other cell has a published script, so every MTT-VL
 # cell uses it): lr_img = lr_txt = 1000, mini-batch 100 (argparse default), all pairs.
 MTTVL_CELL = dict(max_start_epoch=2, lr_img=1000.0, lr_txt=1000.0, mini_batch=100)
+# The fields MTT-VL keeps of a RepBlend cell before its own script is applied (which sets
+# max_start_epoch = 2 again: Flickr-500's 3 is not used by MTT-VL).
+MTTVL_KEEPS = ("max_start_epoch", "merge_branches", "temperature", "eval_every")
 
-PAPER_PATHS = {"flickr30k": ("data/flickr30k/annotations", "data/flickr30k/images"),
-               "coco": ("data/coco/annotations", "data/coco/images")}
+
+def apply_method(c: ml_collections.ConfigDict, spec: tm_vl.MethodSpec) -> None:
+  """Writes a trajectory-matching method's fixed choices (its `SPEC`, see `tm_vl.MethodSpec`)
+  into a base config. The pair budget charges S one pair whenever the method learns it."""
+  c.method = spec.name
+  c.model.train_backbone = spec.train_backbone
+  c.distill.similarity = spec.similarity_kind
+  c.distill.charge_similarity = spec.similarity
+  c.distill.blend = spec.blend
+  c.distill.blend_alpha = spec.blend_alpha
+  c.distill.loss = spec.loss
+  c.distill.grad_mode = spec.grad_mode
+  c.evaluate.loss = spec.loss
 
 
-def tm_config(method: str, dataset: str, arg, name: str):
+def cell_settings(method: str, dataset: str, pairs: int) -> dict:
+  """The `distill` fields of a paper cell for `method` (the offline variant uses Flickr-100's):
+  the RepBlend script, with LoRS's departures, or MTT-VL's one script (its mini-batch capped
+  at the pair count) with the dataset's settings."""
+  cell = dict(TM_CELLS[("flickr30k", 100) if dataset == "shapes_captions" else (dataset, pairs)])
+  lors_departures = cell.pop("lors", {})
+  if method == "lors":
+    cell.update(lors_departures)
+  if method == "mttvl":
+    cell = {k: v for k, v in cell.items() if k in MTTVL_KEEPS}
+    cell.update(MTTVL_CELL)
+    cell["mini_batch"] = min(cell["mini_batch"], pairs)
+  return cell
+
+
+def apply_offline_tm(c: ml_collections.ConfigDict) -> None:
+  """The trajectory-matching offline variant's scale (on top of `apply_offline`)."""
+  # The paper cells' outer lrs are scaled to BERT-size embeddings and to experts whose epoch
+  # is 1,132 steps; the offline experts' epochs are 78 steps (smoke: 9) and MiniLM
+  # embeddings have norm 1, so the outer lrs are lowered and the student lrs floored.
+  c.distill.update(dict(lr_img=1.0, lr_txt=0.005, lr_sim=0.1, lr_lr=1e-4, clamp_lr=1e-3))
+  # 32 px keeps each method's one command under 20 minutes on 2 CPU cores: LoRS and MTT-VL
+  # train the whole NFNet (experts, unroll, evaluation), 4x the work per image at 64 px.
+  c.dataset.image_size = 32
+  if c.method == "mttvl":
+    # MTT-VL's mini-batch 100 is every pair at every inner step of an exact (second-order)
+    # unroll through the whole NFNet; offline it uses the other methods' 20.
+    c.distill.mini_batch = 20
+  c.experts.num_experts = 5
+  c.experts.epochs = c.experts.keep_epochs   # later epochs are never read
+  c.distill.iterations = 300
+  c.distill.eval_every = 100
+  c.log_every = 10
+  c.checkpoint_every = 50
+
+
+def apply_smoke_tm(c: ml_collections.ConfigDict) -> None:
+  """The trajectory-matching smoke: `apply_smoke`, then 10 pairs distilled for 6 iterations of
+  3 student steps."""
+  apply_smoke(c)
+  c.experts.epochs = c.experts.keep_epochs
+  c.distill.pairs = 10
+  c.distill.iterations = 6
+  c.distill.syn_steps = 3
+  c.distill.mini_batch = 4
+  c.distill.sim_rank = 2
+  c.distill.eval_every = 4
+  c.evaluate.baselines = ("random_10",)
+  c.evaluate.epochs = 2
+  c.evaluate.eval_every = 1
+  c.log_every = 2
+  c.checkpoint_every = 3
+
+
+def tm_config(method: str, dataset: str, arg, name: str) -> ml_collections.ConfigDict:
   """A trajectory-matching config: a paper cell (`pairs=100|200|500`, `smoke`) or, for
   dataset='shapes_captions', jdd's offline variant (100 pairs vs the random 100 subset)."""
-  import importlib
-  from jdd.config import check_variant_keys, finalize, parse_arg
   args = parse_arg(arg)
   check_variant_keys(args, {"pairs", "smoke", "grad_mode"}, name)
   c = base_config()
-  importlib.import_module(f"jdd.methods.{method}").configure(c)
+  apply_method(c, SPECS[method])
   # `smoke` of a paper config runs its cell's settings on the offline data (a CPU minute).
   offline = dataset == "shapes_captions" or bool(args.get("smoke"))
   c.offline_variant = f"configs/{method}_shapes.py"
-  pairs = int(args.get("pairs", 100))
-  if dataset != "shapes_captions" and (dataset, pairs) not in TM_CELLS:
-    raise ValueError(f"{name}: pairs must be 100, 200 or 500 (the paper cells), got {pairs}")
-  cell = dict(TM_CELLS[("flickr30k", 100) if dataset == "shapes_captions" else (dataset, pairs)])
+  pairs = read_pairs(args, dataset, name)
+  if method == "mttvl":
+    c.evaluate.epochs = 50      # MTT-VL trains evaluation models for 50 + 1 epochs (not offline)
   if offline:
     apply_offline(c)
   else:
-    c.dataset.name = dataset
-    c.dataset.ann_dir, c.dataset.image_root = PAPER_PATHS[dataset]
-    c.dataset.reference = "lors" if method == "lors" else "repblend"
-    c.text_encoder.path = "data/bert-base-uncased"
-    c.image_encoder.checkpoint = "data/nfnet_l0_jdd"
-  lors = cell.pop("lors", {})
-  if method == "lors":
-    cell.update(lors)
-  if method == "mttvl":
-    cell = {k: v for k, v in cell.items() if k in ("max_start_epoch", "merge_branches",
-                                                   "temperature", "eval_every")}
-    cell.update(MTTVL_CELL)
-    cell["mini_batch"] = min(cell["mini_batch"], pairs)
-    c.evaluate.epochs = 50      # MTT-VL trains evaluation models for 50 + 1 epochs
+    apply_paper_data(c, dataset, reference="lors" if method == "lors" else "repblend")
   c.distill.pairs = pairs
-  for k, v in cell.items():
-    c.distill[k] = v
+  c.distill.update(cell_settings(method, dataset, pairs))
   # COCO-500 distils at tau 0.1 while experts and evaluation use 0.07 (research §9 #5): kept
   # as the reference, since the experts' trajectories were made at 0.07.
   c.experts.keep_epochs = int(c.distill.max_start_epoch) + int(c.distill.expert_epochs)
   c.evaluate.baselines = (f"random_{pairs}",)
   if offline:
-    # The paper cells' outer lrs are scaled to BERT-size embeddings and to experts whose epoch
-    # is 1,132 steps; the offline experts' epochs are 78 steps (smoke: 9) and MiniLM
-    # embeddings have norm 1, so the outer lrs are lowered and the student lrs floored.
-    c.distill.update(dict(lr_img=1.0, lr_txt=0.005, lr_sim=0.1, lr_lr=1e-4, clamp_lr=1e-3))
-    # 32 px keeps each method's one command under 20 minutes on 2 CPU cores: LoRS and MTT-VL
-    # train the whole NFNet (experts, unroll, evaluation), 4x the work per image at 64 px.
-    c.dataset.image_size = 32
-    if method == "mttvl":
-      # MTT-VL's mini-batch 100 is every pair at every inner step of an exact (second-order)
-      # unroll through the whole NFNet; offline it uses the other methods' 20.
-      c.distill.mini_batch = 20
-    c.experts.num_experts = 5
-    c.experts.epochs = c.experts.keep_epochs   # later epochs are never read
-    c.distill.iterations = 300
-    c.distill.eval_every = 100
-    c.evaluate.epochs = 100
-    c.evaluate.eval_every = 20
-    c.evaluate.seeds = 3
-    c.log_every = 10
-    c.checkpoint_every = 50
+    apply_offline_tm(c)
   if "grad_mode" in args:
     c.distill.grad_mode = str(args["grad_mode"])
   if args.get("smoke"):
-    apply_smoke(c)
-    c.experts.epochs = c.experts.keep_epochs
-    c.distill.pairs = 10
-    c.distill.iterations = 6
-    c.distill.syn_steps = 3
-    c.distill.mini_batch = 4
-    c.distill.sim_rank = 2
-    c.distill.eval_every = 4
-    c.evaluate.baselines = ("random_10",)
-    c.evaluate.epochs = 2
-    c.evaluate.eval_every = 1
-    c.log_every = 2
-    c.checkpoint_every = 3
+    apply_smoke_tm(c)
   return finalize(c)

@@ -1,13 +1,13 @@
 """The references' squeeze (teacher training) recipes, for any jdd architecture.
 
-    from teacher_recipes import apply_recipe      # configs/ is on sys.path inside a config
+    from jdd.configs.teacher_recipes import apply_recipe
     apply_recipe(c, "mobilenet_v2", "cifar100")   # fills c.teacher (arch, kwargs, optimiser...)
 
     python -m jdd.main --config configs/sre2l_cifar100.py --workdir runs/x \
         --config.teacher.arch=densenet121 --config.teacher.kwargs.variant=cifar ...
 
-`recipe(arch, dataset, reference=None)` returns the `config.teacher` fields of one recipe
-(shared/research/unimodal_dd_methods.md §3.2, §4.3, §5.2):
+`recipe(arch, dataset, reference=None)` returns the `config.teacher` block of one recipe (a
+`jdd.configs.classification.teacher`; shared/research/unimodal_dd_methods.md §3.2, §4.3, §5.2):
 
   sre2l  CIFAR-10/100: 200 epochs, SGD lr 0.1, momentum 0.9, wd 5e-4, cosine, bs 128,
          RandomCrop(32, 4) + flip (SRe2L `squeeze_cifar.py`; INFER's CIFAR teachers come from
@@ -37,12 +37,15 @@ import dataclasses
 
 import ml_collections
 
+from jdd import models
+from jdd.configs.classification import teacher
+
 SMALL_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 REFERENCES = ("sre2l", "fadrm")
 FADRM_DEFAULT = ("densenet121", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0")
 
-_COMMON = dict(checkpoint="", momentum=0.9, warmup_epochs=0, lr_per_epoch=False,
-               crop_padding=4, flip=True)
+# Each recipe's fields; the rest are `classification.TEACHER_DEFAULTS`' (no checkpoint,
+# momentum 0.9, no warm-up, lr_per_epoch False, RandomCrop(pad 4) + flip), shared by all.
 _RECIPES = {
     ("sre2l", "cifar"): dict(epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
                              weight_decay=5e-4),
@@ -58,7 +61,6 @@ _RECIPES = {
 
 def cifar_kwargs(arch: str) -> dict:
   """Model kwargs selecting `arch`'s CIFAR layout: whichever of `stem`/`variant` it has."""
-  from jdd import models
   fields = {f.name for f in dataclasses.fields(models.build_model(arch, 10))}
   if "stem" in fields:
     return {"stem": "cifar"}
@@ -73,7 +75,6 @@ def default_reference(arch: str) -> str:
 
 def recipe(arch: str, dataset: str, reference: str | None = None) -> ml_collections.ConfigDict:
   """`config.teacher` fields for squeezing `arch` on `dataset` as `reference` does."""
-  from jdd import models
   if arch not in models.REGISTRY:
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(models.REGISTRY)}")
   if dataset not in SMALL_DATASETS:
@@ -85,9 +86,7 @@ def recipe(arch: str, dataset: str, reference: str | None = None) -> ml_collecti
   if reference not in REFERENCES:
     raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
   family = "tiny" if dataset == "tiny_imagenet" else "cifar"
-  fields = {**_COMMON, **_RECIPES[(reference, family)]}
-  fields.update(arch=arch, kwargs=ml_collections.ConfigDict(cifar_kwargs(arch)))
-  return ml_collections.ConfigDict(fields)
+  return teacher(arch, cifar_kwargs(arch), **_RECIPES[(reference, family)])
 
 
 def apply_recipe(config: ml_collections.ConfigDict, arch: str, dataset: str,

@@ -1,0 +1,123 @@
+"""The config blocks the decoupled image methods (SRe2L, INFER, FADRM) share.
+
+The three methods run the same driver (squeeze -> recover -> relabel -> evaluate, jdd/run.py), so
+their `dataset`, teacher, `recover`, `relabel` and `evaluate` blocks have the same fields; each
+builder here holds SRe2L's values (the family's first method, whose field names the others
+follow) and takes the fields a method changes or adds as keyword arguments. The smoke variants
+of the three methods shrink data, student and logging the same way (`shrink`); what they shrink
+differently (teachers, recover) stays in the method's module.
+"""
+
+import ml_collections
+
+# A teacher's squeeze recipe when a config gives none: SRe2L's CIFAR recipe, which INFER's
+# CIFAR teachers come from too (200 epochs SGD 0.1, momentum 0.9, wd 5e-4, cosine, bs 128,
+# RandomCrop(pad 4) + flip). jdd.configs.teacher_recipes holds the references' others.
+TEACHER_DEFAULTS = dict(
+    checkpoint="",  # a finished run's W/teacher folder (or a converted one): reuse it, no squeeze
+    epochs=200, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+    warmup_epochs=0, lr_per_epoch=False, crop_padding=4, flip=True)
+
+# jdd's offline Fashion-MNIST teachers: squeezed for one epoch (28 px, so RandomCrop pads 2).
+FASHION_MNIST_TEACHER_RECIPE = dict(epochs=1, batch_size=256, lr=0.05, crop_padding=2)
+
+# The smoke variants' ConvNet-3 (teacher and student) and their one-epoch teacher recipe.
+SMOKE_CONVNET = {"width": 16, "depth": 3}
+SMOKE_TEACHER_RECIPE = dict(epochs=1, batch_size=128, optimizer="sgd", lr=0.05)
+
+
+def dataset_config(**fields) -> ml_collections.ConfigDict:
+  """`c.dataset`: a tfds name (or 'image_folder'), where it lives, the validation split carved
+  out of train (`val_size` images drawn with `val_seed`), the image size (0: the dataset's) and
+  caps on the train and test images (0: all)."""
+  d = ml_collections.ConfigDict(dict(
+      name="", data_dir="", val_size=5000, val_seed=0, image_size=0, max_train=0, max_test=0))
+  d.update(fields)
+  return d
+
+
+def teacher(arch: str, kwargs: dict, **recipe) -> ml_collections.ConfigDict:
+  """One teacher: its registry architecture and model kwargs, a checkpoint folder, and the
+  squeeze recipe used when `checkpoint` is empty (`TEACHER_DEFAULTS`, changed by `recipe`).
+  The single-teacher block `c.teacher` and every entry of the multi-teacher `c.teachers` have
+  these fields (jdd/stages/teachers.py reads them)."""
+  t = ml_collections.ConfigDict(dict(
+      arch=arch, kwargs=ml_collections.ConfigDict(dict(kwargs)), **TEACHER_DEFAULTS))
+  for k, v in recipe.items():
+    if k not in t:
+      raise KeyError(f"teacher recipe has no field {k!r}; fields: {sorted(t.keys())}")
+    t[k] = v
+  return t
+
+
+def recover_config(**fields) -> ml_collections.ConfigDict:
+  """`c.recover`: the pixel optimisation every decoupled method runs against its teachers' BN
+  statistics: the storage budget (`ipc`), Adam's lr, class groups (`classes_per_batch`) of
+  which `groups_per_step` are optimised side by side, the BN-matching weight (`r_bn`, first BN
+  layer x `first_bn_multiplier`) and the augmentation of the synthetic batch (random resized
+  crop, flip, roll by up to `jitter` px). SRe2L's values by default; `fields` override them or
+  add a method's own (its schedule: `iterations`, or FADRM's `resolutions`/`budgets`)."""
+  r = ml_collections.ConfigDict(dict(
+      ipc=50, lr=0.25, classes_per_batch=100, groups_per_step=1, r_bn=0.01,
+      first_bn_multiplier=10.0, random_resized_crop=True, crop_scale=(0.08, 1.0), flip=True,
+      jitter=4))
+  r.update(fields)
+  return r
+
+
+def relabel_config(**fields) -> ml_collections.ConfigDict:
+  """`c.relabel`: the student-side crop, flip and mix that the soft labels are generated (or
+  looked up) for, SRe2L's values by default; `fields` override them or add a method's own."""
+  r = ml_collections.ConfigDict(dict(
+      crop="rrc", crop_scale=(0.08, 1.0), crop_padding=4, flip=True, mix="cutmix",
+      mix_alpha=1.0))
+  r.update(fields)
+  return r
+
+
+def evaluate_config(**fields) -> ml_collections.ConfigDict:
+  """`c.evaluate`: a student trained on the distilled set with the soft labels (KL at
+  `temperature`), SRe2L's CIFAR values by default; `fields` override them or add a method's
+  own."""
+  e = ml_collections.ConfigDict(dict(
+      student=ml_collections.ConfigDict(
+          {"arch": "resnet18", "kwargs": ml_collections.ConfigDict({"stem": "cifar"})}),
+      epochs=400, batch_size=128, optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.01,
+      warmup_epochs=0, lr_per_epoch=True, temperature=30.0, t_squared=False, eval_every=20,
+      seeds=3, baseline=True))
+  e.update(fields)
+  return e
+
+
+def fashion_mnist(c: ml_collections.ConfigDict) -> None:
+  """jdd's offline Fashion-MNIST setting (no download), the same for SRe2L, INFER and FADRM
+  so that their results compare at an equal budget: the dataset with a 5000-image validation
+  split, and a ConvNet-3 (width 32) student trained for 100 epochs at batch 50 (AdamW 2e-3, KL
+  at T 4), scored every 20 epochs over 3 seeds. Teachers: `FASHION_MNIST_TEACHER_RECIPE`."""
+  c.dataset.name = "fashion_mnist"
+  c.dataset.val_size = 5000
+  c.evaluate.student = {"arch": "convnet", "kwargs": {"width": 32, "depth": 3}}
+  c.evaluate.epochs = 100
+  c.evaluate.batch_size = 50
+  c.evaluate.lr = 2e-3
+  c.evaluate.temperature = 4.0
+  c.evaluate.eval_every = 20
+  c.evaluate.seeds = 3
+
+
+def shrink(c: ml_collections.ConfigDict, *, student_epochs: int, eval_every: int,
+           log_every: int) -> None:
+  """The part of a smoke variant the decoupled methods share: 2000 train, 500 validation and
+  500 test images; a ConvNet-3 student trained for `student_epochs` at batch 10 and scored
+  every `eval_every` epochs over 2 seeds; logs and checkpoints every `log_every` steps."""
+  c.dataset.max_train = 2000
+  c.dataset.max_test = 500
+  c.dataset.val_size = 500
+  c.evaluate.student = ml_collections.ConfigDict(
+      {"arch": "convnet", "kwargs": ml_collections.ConfigDict(SMOKE_CONVNET)})
+  c.evaluate.epochs = student_epochs
+  c.evaluate.eval_every = eval_every
+  c.evaluate.batch_size = 10
+  c.evaluate.seeds = 2
+  c.log_every = log_every
+  c.checkpoint_every = log_every
