@@ -31,7 +31,7 @@ Stages that need more than a step say so with hooks, each optional:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jdd.data import classification as C
+from jdd.data import classification as C, sources as S
 
-HAVE_FMNIST = C._find_idx_files(pathlib.Path(C.FASHION_MNIST_DEBIAN_DIR)) is not None
+HAVE_FMNIST = S._find_idx_files(pathlib.Path(S.FASHION_MNIST_DEBIAN_DIR)) is not None
 
 
 def make_cfg(**kw):
@@ -66,7 +66,7 @@ def test_fashion_mnist_loads(fmnist):
 
 
 def test_val_carve_is_deterministic_and_disjoint(fmnist):
-    raw = C.read_idx(pathlib.Path(C.FASHION_MNIST_DEBIAN_DIR) / "train-labels-idx1-ubyte.gz")
+    raw = S.read_idx(pathlib.Path(S.FASHION_MNIST_DEBIAN_DIR) / "train-labels-idx1-ubyte.gz")
     labels = raw.astype(np.int32)
     val_a, train_a = C.carve_validation(labels, 5000, 10, seed=0)
     val_b, train_b = C.carve_validation(labels, 5000, 10, seed=0)
@@ -77,7 +77,7 @@ def test_val_carve_is_deterministic_and_disjoint(fmnist):
     val_c, _ = C.carve_validation(labels, 5000, 10, seed=1)
     assert not np.array_equal(val_a, val_c)
     # The loaded splits are exactly these indices of the raw file.
-    images = C.read_idx(pathlib.Path(C.FASHION_MNIST_DEBIAN_DIR) / "train-images-idx3-ubyte.gz")
+    images = S.read_idx(pathlib.Path(S.FASHION_MNIST_DEBIAN_DIR) / "train-images-idx3-ubyte.gz")
     np.testing.assert_array_equal(fmnist.val.images[..., 0], images[val_a])
     np.testing.assert_array_equal(fmnist.train.labels, labels[train_a])
 
@@ -106,10 +106,10 @@ def write_idx(path, array, code, compress):
 def test_read_idx(tmp_path, compress):
     images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "x", images, 0x08, compress)
-    np.testing.assert_array_equal(C.read_idx(tmp_path / "x"), images)
+    np.testing.assert_array_equal(S.read_idx(tmp_path / "x"), images)
     floats = np.linspace(-1, 1, 6).astype(">f4").reshape(3, 2)
     write_idx(tmp_path / "f", floats, 0x0D, compress)
-    out = C.read_idx(tmp_path / "f")
+    out = S.read_idx(tmp_path / "f")
     assert out.dtype == np.float32 and out.dtype.isnative
     np.testing.assert_array_equal(out, floats)
 
@@ -117,16 +117,16 @@ def test_read_idx(tmp_path, compress):
 def test_read_idx_rejects_bad_files(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01" + bytes(8))
     with pytest.raises(ValueError, match="not an IDX"):
-        C.read_idx(tmp_path / "bad")
+        S.read_idx(tmp_path / "bad")
     write_idx(tmp_path / "short", np.zeros((4, 2), np.uint8), 0x08, False)
     (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-1])
     with pytest.raises(ValueError, match="payload"):
-        C.read_idx(tmp_path / "short")
+        S.read_idx(tmp_path / "short")
 
 
 def test_fashion_mnist_from_data_dir_raw_idx(tmp_path, monkeypatch, no_network):
     """A data_dir with raw (uncompressed) IDX files is used before the Debian path."""
-    monkeypatch.setattr(C, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(S, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "absent"))
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 60), ("t10k", 20)):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte",
@@ -220,7 +220,7 @@ def test_tiny_imagenet(tmp_path):
 
 
 def test_missing_fashion_mnist(tmp_path, monkeypatch, no_network):
-    monkeypatch.setattr(C, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(S, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "no-debian"))
     bad = tmp_path / "nothing-here"
     with pytest.raises(C.DatasetNotFoundError) as err:
         C.load_classification(make_cfg(data_dir=str(bad)))
@@ -295,12 +295,12 @@ def test_resize_center_crop_geometry():
     h, w = 300, 400
     yy, xx = np.mgrid[0:h, 0:w]
     image = Image.fromarray(np.stack([yy % 256, xx % 256, (yy + xx) % 256], -1).astype(np.uint8))
-    out = C.resize_center_crop(image, 256, 224)
+    out = S.resize_center_crop(image, 256, 224)
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     resized = np.asarray(image.resize((341, 256), Image.BILINEAR))
     left, top = round((341 - 224) / 2), round((256 - 224) / 2)  # 58 (banker's), 16
     np.testing.assert_array_equal(out, resized[top:top + 224, left:left + 224])
-    portrait = C.resize_center_crop(image.transpose(Image.Transpose.TRANSPOSE), 256, 224)
+    portrait = S.resize_center_crop(image.transpose(Image.Transpose.TRANSPOSE), 256, 224)
     assert portrait.shape == (224, 224, 3)
 
 
@@ -311,13 +311,13 @@ def test_streaming_split(tmp_path):
         buf = tmp_path / f"{i}.png"
         write_png(buf, (i * 20, 0, 0), size=(300, 260))
         records.append((buf.read_bytes(), i % 3, f"img{i}"))
-    stream = C.StreamingSplit(len(records), (224, 224, 3), lambda: iter(records),
-                              C._decode_imagenet)
+    stream = S.StreamingSplit(len(records), (224, 224, 3), lambda: iter(records),
+                              S._decode_imagenet)
     val, names = stream._take(2, 3)
     assert len(val) == 6 and names == {f"img{i}" for i in range(6)}
     np.testing.assert_array_equal(val.labels, [0, 1, 2, 0, 1, 2])
     assert val.images[3, 100, 100, 0] == 60
-    train = C.dataclasses.replace(stream, exclude=names)
+    train = S.dataclasses.replace(stream, exclude=names)
     assert len(train) == 6
     batches = list(train.batches(4))
     assert [len(b[1]) for b in batches] == [4, 2]
@@ -360,7 +360,7 @@ def test_tfds_prepared_datasets(tmp_path, monkeypatch, no_network):
     d2 = C.load_classification(cfg)
     np.testing.assert_array_equal(d.train.images, d2.train.images)
 
-    monkeypatch.setattr(C, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(S, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "absent"))
     store_fake_tfds(tmp_path, "fashion_mnist", "3.0.1", (28, 28, 1), 30, 10)
     d = C.load_classification(make_cfg(data_dir=str(tmp_path), val_size=10, max_test=10))
     assert d.image_shape == (28, 28, 1) and (len(d.train), len(d.val)) == (20, 10)
@@ -374,7 +374,7 @@ def test_imagenet_from_prepared_tfds(tmp_path, no_network):
     d = C.load_classification(cfg)
     assert d.num_classes == 1000 and d.class_names[0] == "n01440764"
     assert d.image_shape == (224, 224, 3) and len(d.test) == 6
-    assert isinstance(d.train, C.StreamingSplit) and len(d.train) == 9
+    assert isinstance(d.train, S.StreamingSplit) and len(d.train) == 9
     np.testing.assert_array_equal(np.sort(d.val.labels), [0, 1, 2])
     seen = np.concatenate([labels for _, labels in d.train.batches(4)])
     assert len(seen) == 9 and (d.mean, d.std) == C.NORMALIZATION["imagenet1k"]

@@ -278,7 +278,7 @@ def test_full_two_stage_recover_from_selected_patches():
   def step_fn(state, batch, rng, teachers):
     return fadrm.step(state, batch, rng, teachers, models=(model,), hp=hp)
 
-  log, snaps = [], {}
+  log = []
 
   def on_step(t, m):
     log.append((t, float(m["lr"])))

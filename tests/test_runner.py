@@ -107,8 +107,8 @@ def test_cli_override_and_mistyped_key(tmp_path):
 
 
 def test_missing_dataset_fails_fast_with_clear_message(tmp_path, monkeypatch):
-  from jdd.data import classification
-  monkeypatch.setattr(classification, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "absent"))
+  from jdd.data import sources
+  monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "absent"))
   c = _small()
   override(c, **{"dataset.data_dir": str(tmp_path / "nowhere")})
   with pytest.raises(FileNotFoundError) as e:

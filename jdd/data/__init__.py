@@ -14,11 +14,11 @@ from jdd.data.classification import (
     ClassificationData,
     DatasetNotFoundError,
     Split,
-    StreamingSplit,
     denormalize,
     load_classification,
     normalize,
 )
+from jdd.data.sources import StreamingSplit
 from jdd.data.shapes_captions import ensure_shapes_captions
 
 __all__ = [

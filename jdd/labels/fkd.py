@@ -14,7 +14,6 @@ is filled by wrapping around the epoch's permutation so that every step has the 
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax

@@ -58,6 +58,15 @@ def _conv(features: int, kernel: int, stride: int, pad: int, dtype: Any, name: s
   )
 
 
+def _shortcut(x: jax.Array, features: int, stride: int, dtype: Any, train: bool) -> jax.Array:
+  """The residual branch: x, or a strided 1x1 conv + BN where the shape changes (torchvision's
+  `downsample`). Called inside a block's compact `__call__`, so its modules are the block's."""
+  if stride == 1 and x.shape[-1] == features:
+    return x
+  y = _conv(features, 1, stride, 0, dtype, "downsample_conv")(x)
+  return BatchNorm(dtype=dtype, name="downsample_bn")(y, train)
+
+
 class BasicBlock(nn.Module):
   features: int
   stride: int = 1
@@ -70,12 +79,8 @@ class BasicBlock(nn.Module):
     out = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(out, train))
     out = _conv(self.features, 3, 1, 1, self.dtype, "conv2")(out)
     out = BatchNorm(dtype=self.dtype, name="bn2")(out, train)
-    identity = x
-    if self.stride != 1 or x.shape[-1] != self.features * self.expansion:
-      identity = _conv(self.features * self.expansion, 1, self.stride, 0, self.dtype,
-                       "downsample_conv")(x)
-      identity = BatchNorm(dtype=self.dtype, name="downsample_bn")(identity, train)
-    return nn.relu(out + identity)
+    return nn.relu(out + _shortcut(x, self.features * self.expansion, self.stride, self.dtype,
+                                   train))
 
 
 class Bottleneck(nn.Module):
@@ -92,12 +97,8 @@ class Bottleneck(nn.Module):
     out = nn.relu(BatchNorm(dtype=self.dtype, name="bn2")(out, train))
     out = _conv(self.features * self.expansion, 1, 1, 0, self.dtype, "conv3")(out)
     out = BatchNorm(dtype=self.dtype, name="bn3")(out, train)
-    identity = x
-    if self.stride != 1 or x.shape[-1] != self.features * self.expansion:
-      identity = _conv(self.features * self.expansion, 1, self.stride, 0, self.dtype,
-                       "downsample_conv")(x)
-      identity = BatchNorm(dtype=self.dtype, name="downsample_bn")(identity, train)
-    return nn.relu(out + identity)
+    return nn.relu(out + _shortcut(x, self.features * self.expansion, self.stride, self.dtype,
+                                   train))
 
 
 def max_pool_torch(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:

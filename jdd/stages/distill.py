@@ -69,7 +69,7 @@ def _periodic_eval(ctx: RunContext, ev: Evaluator, params: dict, dc, it: int) ->
 def distill_stage(ctx: RunContext, ev: Evaluator, texts: dict, store,
                   spec: tm_vl.MethodSpec) -> tuple[retrieval.PairSet, dict]:
   """Runs (or resumes) the distillation, exports the set; returns its pairs and a summary."""
-  config, dc = ctx.config, ctx.config.distill
+  dc = ctx.config.distill
   model = ev.model
   if model.train_backbone != spec.train_backbone:
     raise ValueError(f"{spec.name} needs model.train_backbone={spec.train_backbone}")

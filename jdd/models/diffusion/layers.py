@@ -19,12 +19,25 @@ Submodules carry the torch attribute names (with `_<i>` for ModuleList indices),
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def config_fields(cls, d: Mapping[str, Any]) -> dict[str, Any]:
+  """The fields of dataclass `cls` that a diffusers config.json sets (None: the default),
+  lists as tuples (the dataclasses are frozen and hashable)."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    if d.get(f.name) is not None:
+      v = d[f.name]
+      out[f.name] = tuple(v) if isinstance(v, list) else v
+  return out
 
 
 def group_norm(groups: int, eps: float, name: str, dtype: Any = jnp.float32) -> nn.GroupNorm:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.diffusion.layers import (Downsample2D, ResnetBlock2D, Transformer2DModel,
-                                         Upsample2D, conv, group_norm)
+                                         Upsample2D, config_fields, conv, group_norm)
 from jdd.models.torch_names import default_torch_key
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
@@ -100,12 +100,7 @@ class UNetConfig:
                                                       and set(d[key]) <= set(allowed)):
         raise ValueError(f"unet config {key}={d[key]!r} is not supported (jdd builds the SD 1.x "
                          f"U-Net: {key} must be {allowed[0]!r})")
-    kw = {}
-    for f in dataclasses.fields(cls):
-      if d.get(f.name) is not None:
-        v = d[f.name]
-        kw[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**kw)
+    return cls(**config_fields(cls, d))
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.diffusion.layers import (Downsample2D, ResnetBlock2D, SpatialSelfAttention,
-                                         Upsample2D, conv, group_norm)
+                                         Upsample2D, config_fields, conv, group_norm)
 from jdd.models.torch_names import default_torch_key
 
 EPS = 1e-6
@@ -59,12 +59,7 @@ class VAEConfig:
       want = "DownEncoderBlock2D" if key.startswith("down") else "UpDecoderBlock2D"
       if any(b != want for b in d.get(key, ())):
         raise ValueError(f"vae {key} {d[key]} not supported (only {want})")
-    kw = {}
-    for f in dataclasses.fields(cls):
-      if d.get(f.name) is not None:
-        v = d[f.name]
-        kw[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**kw)
+    return cls(**config_fields(cls, d))
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
