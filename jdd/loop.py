@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from jdd import checkpoint, mesh as mesh_lib, reporting
 
@@ -64,18 +65,30 @@ class Teacher(NamedTuple):
   card: dict
 
 
-# One base key per purpose, for every family; a new purpose is appended so that no existing key
-# moves (the classification purposes keep the indices they have always had).
-KEY_NAMES = ("squeeze", "recover_init", "recover", "relabel_order", "relabel_aug", "baseline",
-             "eval")
+# One base key per purpose, the same table for every family: key(seed) folded with the
+# purpose's index. A new purpose is appended so that no existing key moves.
+KEY_NAMES = (
+    # decoupled image distillation (and the random-subset baselines of every family)
+    "squeeze", "recover_init", "recover", "relabel_order", "relabel_aug", "baseline", "eval",
+    # image-text: encoder pre-training, experts, trajectory distillation
+    "pretrain", "experts", "distill_init", "distill",
+    # EDGE: the offline VAE and U-Net, fine-tuning, sampling
+    "vae", "unet", "finetune", "sample")
 
 
-def make_keys(seed: int, names=KEY_NAMES, offset: int | None = None) -> dict[str, jax.Array]:
-  """{purpose: fold_in(base, index)}; `offset` folds the base once more first."""
+def make_keys(seed: int) -> dict[str, jax.Array]:
+  """{purpose: fold_in(key(seed), index of the purpose in KEY_NAMES)}."""
   base = jax.random.key(int(seed))
-  if offset is not None:
-    base = jax.random.fold_in(base, offset)
-  return {name: jax.random.fold_in(base, i) for i, name in enumerate(names)}
+  return {name: jax.random.fold_in(base, i) for i, name in enumerate(KEY_NAMES)}
+
+
+def host_rng(key: jax.Array, *path: int) -> np.random.Generator:
+  """A NumPy generator for host-side draws (batch indices, subsets, initialisations), seeded
+  by the key's data after folding in `path`: derived from the run's keys like every other
+  draw, so it replays on resume."""
+  for i in path:
+    key = jax.random.fold_in(key, i)
+  return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
 
 @dataclasses.dataclass
@@ -116,15 +129,13 @@ def fetch_scalars(metrics) -> dict[str, float]:
 
 
 def run_loop(ctx: RunContext, stage: str, state, step_fn: Callable, batch_fn: Callable,
-             num_steps: int, key, *, step_key: Callable | None = None,
-             checkpoint_every: int | None = None, log_every: int | None = None,
+             num_steps: int, key, *, checkpoint_every: int | None = None, log_every: int | None = None,
              show: tuple[str, ...] | None = None, on_start: Callable | None = None,
              before_step: Callable | None = None, on_log: Callable | None = None,
              after_step: Callable | None = None, on_save: Callable | None = None):
   """Runs `step_fn` from the stage's last checkpoint to `num_steps`; returns the final state.
 
-  `step_key(s)` replaces the default per-step key fold_in(key, s); `show` limits the progress
-  line to those metrics (all of them go to the writer).
+  `show` limits the progress line to those metrics (all of them go to the writer).
   """
   config = ctx.config
   every = int(checkpoint_every or config.checkpoint_every)
@@ -137,11 +148,10 @@ def run_loop(ctx: RunContext, stage: str, state, step_fn: Callable, batch_fn: Ca
     if on_start is not None:
       on_start(start, state)
     progress = reporting.Progress(stage, num_steps, start, every=log)
-    rng_of = step_key or (lambda s: jax.random.fold_in(key, s))
     for s in range(start, num_steps):
       if before_step is not None:
         state = before_step(s, state)
-      state, metrics = step_fn(state, batch_fn(s), rng_of(s))
+      state, metrics = step_fn(state, batch_fn(s), jax.random.fold_in(key, s))
       done = s + 1
       saving = done % every == 0 or done == num_steps
       if done % log == 0 or saving:

@@ -50,7 +50,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
   print(f"[jdd] {config.method} on {data.name}; devices: {mesh.shape['data']} x "
         f"{jax.devices()[0].platform}; workdir {workdir}", flush=True)
-  ctx = RunContext.create(config, workdir, data, mesh=mesh, keys=driver.keys(config))
+  ctx = RunContext.create(config, workdir, data, mesh=mesh)
   with jax.set_mesh(mesh):
     results = driver.run(ctx)
   results["wall_seconds_this_process"] = round(time.time() - t0, 1)

@@ -4,7 +4,6 @@ A driver module provides
 
     check(config)          fast checks before any data is read (raise ValueError/FileNotFoundError)
     load_data(config)      the dataset (a missing one stops the run at once, saying where to put it)
-    keys(config)           the run's base keys, one per purpose
     run(ctx) -> dict       every stage in order, each skipped or resumed from what the workdir holds
     print_summary(results) the table a user reads at the end
 

@@ -28,7 +28,7 @@ import jdd
 from jdd import export
 from jdd.data import load_classification
 from jdd.labels.source import LabelSource
-from jdd.loop import RunContext, make_keys
+from jdd.loop import RunContext
 from jdd.stages import (compensators, evaluate as evaluate_stage, pixel_groups, relabel,
                         residual_matching, teachers)
 from jdd.stages.distilled import DistilledSet, recover_dir
@@ -50,10 +50,6 @@ def check(config) -> None:
 
 def load_data(config):
   return load_classification(config.dataset)
-
-
-def keys(config) -> dict:
-  return make_keys(int(config.seed))
 
 
 def labels_dir(workdir: str, name: str) -> str:

@@ -33,12 +33,10 @@ from __future__ import annotations
 import dataclasses
 
 from jdd import caption_synthesis
-from jdd.loop import RunContext, make_keys
+from jdd.loop import RunContext
 from jdd.methods import edge
 from jdd.stages import edge_backends, edge_export, edge_finetune, image_text
 from jdd.stages.edge_backends import timer
-
-KEY_NAMES = ("vae", "unet", "finetune", "sample", "init")
 
 load_data = image_text.load_data
 print_summary = image_text.print_summary
@@ -59,11 +57,6 @@ def check(config) -> None:
                      "only: its caption bank is the offline loss CLIP's embedding table)")
   if ec.backend == "sd":
     edge_backends.check_sd_files(config)   # missing weights stop the run at once
-
-
-def keys(config) -> dict:
-  return {**make_keys(int(config.seed), image_text.KEY_NAMES, offset=7919),
-          **make_keys(int(config.seed), KEY_NAMES, offset=104729)}
 
 
 def run(ctx: RunContext) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 
-from jdd.loop import make_keys
 from jdd.methods import lors, mttvl, repblend
 from jdd.stages import distill, experts, image_text
 
@@ -33,10 +32,6 @@ def check(config) -> None:
 
 load_data = image_text.load_data
 print_summary = image_text.print_summary
-
-
-def keys(config) -> dict:
-  return make_keys(int(config.seed), image_text.KEY_NAMES, offset=7919)
 
 
 def run(ctx) -> dict:

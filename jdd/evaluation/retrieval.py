@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from jdd.evaluation.retrieval_metrics import retrieval_metrics, score_matrix
+from jdd.loop import host_rng
 from jdd.models.retrieval import RetrievalModel
 from jdd.objectives.contrastive import infonce_loss, logit_scale, wbce_loss
 
@@ -242,7 +243,7 @@ def summarise(per_seed: Sequence[dict]) -> dict:
 def random_pairs(num_pairs: int, image_index: np.ndarray, key: jax.Array) -> np.ndarray:
   """Indices of `num_pairs` train captions, one per distinct image (a random real subset)."""
   image_index = np.asarray(image_index)
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  rng = host_rng(key)
   images = np.unique(image_index)
   if num_pairs > len(images):
     raise ValueError(f"asked for {num_pairs} pairs but the train split has {len(images)} images")

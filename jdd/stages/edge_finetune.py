@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdd.data.captions import load_image
-from jdd.loop import RunContext
+from jdd.loop import RunContext, host_rng
 from jdd.methods import edge
 from jdd.stages import edge_backends
 from jdd.stages.edge_backends import EdgeSetup
@@ -42,14 +42,14 @@ def finetune(ctx: RunContext, setup: EdgeSetup, images_u8):
   captions = list(data.train.captions)
   b, n = int(ec.batch_size), len(captions)
   ids_all, mask_all = setup.tokenize(captions)
-  seed = int(config.seed)
+  key = ctx.keys["finetune"]
   size = int(ec.finetune_size) or data.image_size
   edge_backends.check_latent_size(setup.models, size)
   if size != data.image_size:
     images_u8 = None
 
   def batch_fn(i):
-    cap = np.random.default_rng([seed, 3, i]).choice(n, b, replace=False)
+    cap = host_rng(key, 1, i).choice(n, b, replace=False)
     img_idx = data.train.image_index[cap]
     imgs = images_u8[img_idx] if images_u8 is not None else np.stack(
         [load_image(data.image_path("train", int(j)), size, "uint8") for j in img_idx])
@@ -60,5 +60,5 @@ def finetune(ctx: RunContext, setup: EdgeSetup, images_u8):
   frozen = jax.tree.map(jnp.asarray, setup.frozen)
   state = edge.init(jax.tree.map(jnp.asarray, setup.unet_vars), hp)
   state = ctx.loop("edge_finetune", state, lambda s, batch, k: step(s, batch, k, frozen),
-                   batch_fn, finetune_steps(config, data), ctx.keys["finetune"])
+                   batch_fn, finetune_steps(config, data), jax.random.fold_in(key, 0))
   return state.unet

@@ -1,6 +1,7 @@
 """EDGE's offline stand-in networks, trained from scratch: a small VAE, then a small
 text-conditioned U-Net in Stable Diffusion's layout at reduced widths (DDPM noise loss, 10 %
-null captions). Each is one checkpointed loop (`jdd.loop`: W/checkpoints/edge_vae, edge_unet);
+null captions). From the stage's key K: step s's key is fold_in(fold_in(K, 0), s), batch i's
+draw host_rng(K, 1, i) and the initial weights host_rng(K, 2). Each is one checkpointed loop (`jdd.loop`: W/checkpoints/edge_vae, edge_unet);
 `jdd.stages.edge_backends.offline_setup` wraps them for fine-tuning and sampling.
 """
 
@@ -15,15 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdd.loop import RunContext
+from jdd.loop import RunContext, host_rng
 from jdd.methods import edge
 from jdd.models.diffusion import schedulers as sched, unet as unet_lib, vae as vae_lib
 
 
-def numpy_init(template, seed: int):
+def numpy_init(template, rs: np.random.Generator):
   """From-scratch weights without compiling Flax initialisers: kernels N(0, 1/fan_in) (LeCun
   normal, Flax's default), norm scales 1, biases 0."""
-  rs = np.random.default_rng(seed)
   def draw(path, leaf):
     name = getattr(path[-1], "key", "")
     if name == "kernel":
@@ -90,7 +90,7 @@ def pretrain_vae(ctx: RunContext, images_u8: np.ndarray):
   """The small VAE from scratch; its scaling factor is 1 / std of the train posterior means
   (how SD's 0.18215 was chosen)."""
   config = ctx.config
-  v, seed = config.diffusion.vae, int(config.seed)
+  v, key = config.diffusion.vae, ctx.keys["vae"]
   cfg = vae_config(config)
   model = vae_lib.AutoencoderKL(cfg)
   steps, b, n = int(v.steps), int(v.batch_size), len(images_u8)
@@ -100,10 +100,11 @@ def pretrain_vae(ctx: RunContext, images_u8: np.ndarray):
   mode = str(config.edge.vae_input)
 
   def batch_fn(i):
-    idx = np.random.default_rng([seed, 1, i]).choice(n, b, replace=False)
+    idx = host_rng(key, 1, i).choice(n, b, replace=False)
     return jnp.asarray(edge.to_vae_input(images_u8[idx], mode))
-  params = numpy_init(vae_lib.param_template(cfg), seed * 7 + 1)
-  params = _param_loop(ctx, "edge_vae", params, step, batch_fn, steps, ctx.keys["vae"])
+  params = numpy_init(vae_lib.param_template(cfg), host_rng(key, 2))
+  params = _param_loop(ctx, "edge_vae", params, step, batch_fn, steps,
+                       jax.random.fold_in(key, 0))
   mean, _ = _encode_all(model, params, edge.to_vae_input(images_u8[:512], mode))
   return model, params, float(np.float32(1.0 / np.std(mean)))
 
@@ -112,7 +113,7 @@ def pretrain_unet(ctx: RunContext, images_u8: np.ndarray, table: np.ndarray, vae
                   scale: float):
   """The small text-conditioned U-Net from scratch (DDPM loss, 10 % null captions)."""
   config, data = ctx.config, ctx.data
-  u, seed = config.diffusion.unet, int(config.seed)
+  u, key = config.diffusion.unet, ctx.keys["unet"]
   f = 2 ** (len(vae.config.block_out_channels) - 1)
   cfg = unet_config(config, data.image_size // f, vae.config.latent_channels, table.shape[1])
   model = unet_lib.UNet2DConditionModel(cfg)
@@ -130,12 +131,13 @@ def pretrain_unet(ctx: RunContext, images_u8: np.ndarray, table: np.ndarray, vae
                                  p_uncond=float(u.p_uncond)), opt)
 
   def batch_fn(i):
-    rs = np.random.default_rng([seed, 2, i])
+    rs = host_rng(key, 1, i)
     idx = rs.choice(n, b, replace=False)
     pick = rs.integers(0, 1 << 30, b)
     caps = order[starts[idx] + pick % (starts[idx + 1] - starts[idx])]  # one caption per image
     return {"mean": jnp.asarray(means[idx]), "logvar": jnp.asarray(logvars[idx]),
             "context": jnp.asarray(table[caps][:, None, :]), "null": null}
-  params = numpy_init(unet_lib.param_template(cfg, 1), seed * 7 + 2)
-  params = _param_loop(ctx, "edge_unet", params, step, batch_fn, steps, ctx.keys["unet"])
+  params = numpy_init(unet_lib.param_template(cfg, 1), host_rng(key, 2))
+  params = _param_loop(ctx, "edge_unet", params, step, batch_fn, steps,
+                       jax.random.fold_in(key, 0))
   return model, params

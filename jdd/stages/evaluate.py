@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 
 from jdd import checkpoint, reporting
 from jdd.evaluation import classification as evaluation
 from jdd.labels.source import LabelSource
-from jdd.loop import RunContext
+from jdd.loop import RunContext, host_rng
 
 
 def random_subset(data, ipc: int, key) -> np.ndarray:
@@ -24,7 +23,7 @@ def random_subset(data, ipc: int, key) -> np.ndarray:
 
 def random_subset_indices(data, ipc: int, key) -> np.ndarray:
   """Class-major training indices: `ipc` distinct images of every class, from `key`."""
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  rng = host_rng(key)
   idx = []
   for c in range(data.num_classes):
     pool = np.flatnonzero(data.train.labels == c)

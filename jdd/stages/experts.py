@@ -186,7 +186,8 @@ def train_experts(ctx: RunContext, model: RetrievalModel, backbone_variables: di
   `images` holds one input per train image (pixels or frozen features), `texts` one embedding
   per train caption and `image_index` the image of each caption. Fields of `ctx.config.experts`:
   num_experts, epochs, batch_size, lr_image, lr_text, momentum, weight_decay, keep_epochs,
-  shard. Expert e's heads, data order and step keys come from fold_in(keys['experts'], e).
+  shard. Expert e's key E = fold_in(keys['experts'], e) gives its heads (fold_in(E, 0)), the
+  data order of epoch k (fold_in(E, 1 + k)) and step s's key (fold_in(fold_in(E, 2), s)).
   """
   cfg, key = ctx.config.experts, ctx.keys["experts"]
   root = os.path.join(ctx.workdir, "experts")
@@ -250,11 +251,9 @@ def train_experts(ctx: RunContext, model: RetrievalModel, backbone_variables: di
       return {**state, "snaps": {m: _set_row(state["snaps"][m], epochs_kept.index(epoch),
                                               state["params"][m]) for m in MODALITIES}}
 
-    state = ctx.loop(
-        f"expert{e:03d}", state, step_fn, batch_fn, total, None, checkpoint_every=per_epoch,
-        log_every=per_epoch, after_step=snapshot,
-        step_key=lambda s, ekey=ekey: jax.random.fold_in(
-            jax.random.fold_in(ekey, 10_000 + s // per_epoch), s % per_epoch))
+    state = ctx.loop(f"expert{e:03d}", state, step_fn, batch_fn, total,
+                     jax.random.fold_in(ekey, 2), checkpoint_every=per_epoch,
+                     log_every=per_epoch, after_step=snapshot)
     store.write(e, {m: np.asarray(state["snaps"][m]) for m in MODALITIES},
                 {"expert": e, "final_epoch_loss": float(state["loss_sum"]) / per_epoch})
   return ExpertStore(root)

@@ -38,10 +38,6 @@ from jdd.loop import RunContext
 from jdd.models.retrieval import RetrievalModel, encode_features, normalize_images, param_count
 from jdd.objectives.contrastive import infonce_loss
 
-# The base keys of the image-text stages (one per purpose), shared by both image-text drivers.
-KEY_NAMES = ("pretrain", "experts", "baseline", "eval", "distill_init", "distill")
-
-
 # -------------------------------------------------------------------------------- data
 def load_data(config):
   from jdd.data.captions import DatasetNotFoundError
