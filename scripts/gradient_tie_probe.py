@@ -52,6 +52,10 @@ def _case(name: str, seed: int):
   if name == "cifar_mobilenet_v2":
     tm = _fit_running_stats(randomise(TorchCifarMobileNetV2(10), seed=3), 32, seed=4)
     return tm, build_model("mobilenet_v2", 10, variant="cifar"), "mobilenet_v2", "kuangliu", 32, 2
+  if name == "shufflenet_v2_x0_5":
+    tm = _fit_running_stats(randomise(torchvision.models.shufflenet_v2_x0_5(num_classes=10),
+                                      seed=3), 64, seed=4)
+    return tm, build_model("shufflenet_v2_x0_5", 10), "shufflenet_v2_x0_5", "torchvision", 64, 4
   if name == "small_densenet":
     cfg = dict(growth_rate=8, block_config=(2, 3, 1, 2))
     tm = randomise(KLDenseNet(cfg["block_config"], 8, 10), seed=0)
@@ -111,8 +115,8 @@ def probe(case: str, seed: int = 0, eps=(1e-9, 1e-8, 3e-8, 1e-7, 1e-6), directio
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("case", choices=["cifar_mobilenet_v2", "small_densenet", "densenet121_cifar",
-                                  "densenet121"])
+  p.add_argument("case", choices=["cifar_mobilenet_v2", "shufflenet_v2_x0_5", "small_densenet",
+                                  "densenet121_cifar", "densenet121"])
   p.add_argument("--seed", type=int, default=0, help="torch global seed before building the net")
   p.add_argument("--eps", default="1e-9,1e-8,3e-8,1e-7,1e-6")
   p.add_argument("--directions", type=int, default=3)

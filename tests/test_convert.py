@@ -4,7 +4,7 @@ Each test saves a randomised torch network to disk in one of the reference layou
 bare `.pth`; SRe2L/INFER `{'state_dict'}` with `module.` prefixes; Tiny-ImageNet `{'model',
 ..., 'args'}`; FADRM's bare kuangliu-named CIFAR ResNet), runs `third_party.convert_torch`
 (in-process through `main(argv)`, and once as `python -m`), loads the folder with the driver's
-own `jdd.run.load_teacher`, and compares logits with torch. The kuangliu ResNet is written here
+own `jdd.stages.teachers.load_teacher`, and compares logits with torch. The kuangliu ResNet is written here
 in plain torch (same module names and maths as the FADRM/CV-DD definition).
 """
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 
 from jdd import models
-from jdd.run import load_teacher
+from jdd.stages.teachers import load_teacher
 from third_party import convert_torch
 from torch_parity import assert_rel, check_parity, randomise
 

@@ -3,7 +3,7 @@
 Each parity test builds the timm network here on random weights, randomising the per-channel
 gains (timm starts conv3's at 0, which would hide any mistake in the residual branch), biases and
 skip gains, saves the state dict to disk, converts it with `third_party.convert_timm.main(argv)`,
-loads the folder with the driver's `jdd.run.load_teacher`, and compares in eval mode: pooled
+loads the folder with the driver's `jdd.stages.teachers.load_teacher`, and compares in eval mode: pooled
 features (or logits) to 1e-4 relative to their largest entry, and the input gradient of
 sum(features * v) for a fixed random v to 1e-3. Inputs are sized so that strided stages see odd
 sides (40 -> 10, 5, 3, 2 and 72 -> 18, 9, 5, 3), which exercises the ceil-mode average pool of
@@ -26,7 +26,7 @@ from timm.models.nfnet import NfCfg, NormFreeNet
 
 from jdd import models
 from jdd.models import nfnet
-from jdd.run import load_teacher
+from jdd.stages.teachers import load_teacher
 from third_party import convert_timm
 from torch_parity import assert_rel
 

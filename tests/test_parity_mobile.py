@@ -234,12 +234,17 @@ def test_torchvision_mobilenet_v2_parity(width_mult):
   assert n_bn == 52
 
 
+# x0.5's train-mode input gradient sits on a ReLU tie on some CPUs (seen on a 2026-12 machine):
+# `python scripts/gradient_tie_probe.py shufflenet_v2_x0_5` shows a 1e-7 input move stepping the
+# float64 gradient by 5.5e-3 of its largest entry, exactly where jitted jdd float32 sits (4e-5 from
+# it there) while torch float32 stays on the other side; jdd and torch agree to 4e-8 in float64.
+# So the gradient is compared in float64 on both sides, logits and BN statistics in float32.
 @pytest.mark.parametrize("arch", [
     "shufflenet_v2_x0_5",
     pytest.param("shufflenet_v2_x1_0", marks=pytest.mark.slow)])
 def test_torchvision_shufflenet_v2_parity(arch):
   make = lambda: getattr(torchvision.models, arch)(num_classes=10)
-  assert _parity(make, arch, {}, 64) == 56
+  assert _parity(make, arch, {}, 64, grad_in_float64=arch == "shufflenet_v2_x0_5") == 56
 
 
 # The CIFAR nets run at their real 32x32 with batch 2 (a 4x4 final map: 32 values per channel

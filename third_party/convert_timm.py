@@ -7,7 +7,7 @@ Reads timm's released `.pth` (a bare state dict), a Hugging Face hub `model.safe
 timm training checkpoint (`{'state_dict', 'state_dict_ema', ...}`; `--ema` takes the EMA
 weights). The conversion is strict (`third_party.torch_to_flax` with `jdd.models.nfnet.torch_key`):
 a checkpoint that does not fit exits with status 2, lists the missing, unexpected and mis-shaped
-keys, and writes nothing. The folder is the layout `jdd.run.load_teacher` and the converter of
+keys, and writes nothing. The folder is the layout `jdd.stages.teachers.load_teacher` and the converter of
 `third_party.convert_torch` use:
 
     DIR/variables   Orbax StandardCheckpointer of {'params'} (NFNet has no BatchNorm)

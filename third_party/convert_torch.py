@@ -3,7 +3,7 @@
     python -m third_party.convert_torch --arch resnet18 --checkpoint ckpt.pth --out teachers/r18 \
         --layout sre2l --preset cifar100_sre2l --kwargs '{"stem": "cifar"}'
 
-The folder it writes is what `jdd.run.load_teacher` reads (set `teacher.checkpoint=DIR`):
+The folder it writes is what `jdd.stages.teachers.load_teacher` reads (set `teacher.checkpoint=DIR`):
 
     DIR/variables   Orbax StandardCheckpointer of {'params', 'batch_stats'}
     DIR/card.json   {arch, kwargs, num_classes, image_shape, mean, std, dataset,
