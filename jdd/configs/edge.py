@@ -10,7 +10,7 @@ trajectory methods' evaluator and random subset). `edge_config` builds a paper c
 
 import ml_collections
 
-from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.config import check_variant_keys, finalize, parse_arg, smoke_value
 from jdd.configs import image_text
 
 
@@ -57,8 +57,8 @@ def apply_offline_edge(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every = 100
 
 
-def apply_smoke_edge(c: ml_collections.ConfigDict) -> None:
-  """Tiny everything: the tests' end-to-end run."""
+def apply_smoke_edge(c: ml_collections.ConfigDict, args: dict | None = None) -> None:
+  """Tiny everything (6 pairs, or the variant's `pairs`): the tests' end-to-end run."""
   image_text.apply_smoke(c)
   c.dataset.sizes = ml_collections.ConfigDict(dict(train=40, val=10, test=10))
   c.pretrain.epochs = 1
@@ -67,9 +67,10 @@ def apply_smoke_edge(c: ml_collections.ConfigDict) -> None:
                               batch_size=4))
   c.diffusion.unet.update(dict(block_out_channels=(8, 16), cross_attention=(True, False),
                                heads=2, norm_num_groups=4, steps=2, batch_size=4))
-  c.edge.update(dict(steps=3, batch_size=4, pairs=6, sample_batch=3))
+  pairs = int(smoke_value(args, "pairs", 6))
+  c.edge.update(dict(steps=3, batch_size=4, pairs=pairs, sample_batch=3))
   c.edge.sampler.steps = 3
-  c.evaluate.update(dict(epochs=2, eval_every=1, seeds=1, baselines=("random_6",)))
+  c.evaluate.update(dict(epochs=2, eval_every=1, seeds=1, baselines=(f"random_{pairs}",)))
   c.log_every = 1
   c.checkpoint_every = 2
 
@@ -96,5 +97,5 @@ def edge_config(dataset: str, arg, name: str) -> ml_collections.ConfigDict:
     c.edge.update(dict(unet_input="clean", rescale_before_decode=False, clip_input="raw",
                        vae_input="clip"))
   if args.get("smoke"):
-    apply_smoke_edge(c)
+    apply_smoke_edge(c, args)
   return finalize(c)

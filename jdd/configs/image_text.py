@@ -13,7 +13,7 @@ text encoder and a small NFNet pretrained here, so the pipeline runs with no dow
 
 import ml_collections
 
-from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.config import check_variant_keys, finalize, parse_arg, smoke_value
 from jdd.configs import new_config
 from jdd.methods import lors, mttvl, repblend, tm_vl
 from jdd.models.nfnet import NFNET_TINY
@@ -223,18 +223,19 @@ def apply_offline_tm(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every = 50
 
 
-def apply_smoke_tm(c: ml_collections.ConfigDict) -> None:
-  """The trajectory-matching smoke: `apply_smoke`, then 10 pairs distilled for 6 iterations of
-  3 student steps."""
+def apply_smoke_tm(c: ml_collections.ConfigDict, args: dict | None = None) -> None:
+  """The trajectory-matching smoke: `apply_smoke`, then 10 pairs (or the variant's `pairs`)
+  distilled for 6 iterations of 3 student steps."""
   apply_smoke(c)
   c.experts.epochs = c.experts.keep_epochs
-  c.distill.pairs = 10
+  pairs = int(smoke_value(args, "pairs", 10))
+  c.distill.pairs = pairs
   c.distill.iterations = 6
   c.distill.syn_steps = 3
-  c.distill.mini_batch = 4
+  c.distill.mini_batch = max(1, min(4, pairs - 1))
   c.distill.sim_rank = 2
   c.distill.eval_every = 4
-  c.evaluate.baselines = ("random_10",)
+  c.evaluate.baselines = (f"random_{pairs}",)
   c.evaluate.epochs = 2
   c.evaluate.eval_every = 1
   c.log_every = 2
@@ -269,5 +270,5 @@ def tm_config(method: str, dataset: str, arg, name: str) -> ml_collections.Confi
   if "grad_mode" in args:
     c.distill.grad_mode = str(args["grad_mode"])
   if args.get("smoke"):
-    apply_smoke_tm(c)
+    apply_smoke_tm(c, args)
   return finalize(c)
