@@ -146,6 +146,12 @@ def _flag_values(argv: list[str], name: str) -> list[tuple[str, str]]:
   return out
 
 
+REQUIRED_EXAMPLES = {
+    "--config": "a config file and variant, e.g. --config configs/sre2l_fashion_mnist.py:smoke",
+    "--workdir": "the folder for checkpoints, the export and results, e.g. --workdir runs/x",
+}
+
+
 def explain_flag_error(argv: list[str], exc: BaseException) -> str:
   """One line for a command line that did not parse (see the module docstring)."""
   configs = [(f, v) for f, v in _flag_values(argv, "config") if f == "--config"]
@@ -160,11 +166,24 @@ def explain_flag_error(argv: list[str], exc: BaseException) -> str:
     except Exception as e:  # the config file's own error (a variant it refuses, ...)
       return f"--config {spec}: {_one_line(e)}"
     for flag, value in _flag_values(argv, "config."):
-      problem = missing_key(config, flag[len("--config."):])
+      path = flag[len("--config."):]
+      problem = missing_key(config, path)
       if problem:
         return f"{flag}={value}: {problem}"
+      if f"{flag}={value}" in str(exc):   # absl could not parse the value for this field
+        current = config
+        for part in path.split("."):
+          current = current[part]
+        kind = type(current).__name__
+        return (f"{flag}={value}: {path} holds {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
+                f"(now {current!r}), and {value!r} does not parse as one "
+                f"({_one_line(exc).split(': ', 1)[-1]})")
   message = _one_line(exc).removeprefix("flag ")
-  return message.removeprefix("FATAL Flags parsing error: ")
+  if "must have a value other than None" in message:
+    name = message.partition("=")[0]
+    example = REQUIRED_EXAMPLES.get(name, "")
+    return f"{name} is required{' (' + example + ')' if example else ''}"
+  return message
 
 
 def _one_line(e: BaseException) -> str:

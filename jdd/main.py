@@ -7,15 +7,10 @@ checkpoint: one message; a bug: its traceback). `--debug` (or JDD_DEBUG=1) shows
 of every error.
 """
 
-import os
+from jdd import reporting
 
-# Third-party start-up lines (TensorFlow's CPU-feature and oneDNN notices, C++ absl's "log
-# messages before absl::InitializeLog()") are INFO lines of TF/XLA's C++ logging: silence them
-# at their source, before anything loads TensorFlow or XLA. A user's own setting wins;
-# warnings and errors of those libraries, and all of jdd's output, still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-import sys  # noqa: E402
+# Before anything imports TensorFlow or XLA: their start-up lines are silenced at the source.
+reporting.quiet_third_party()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -188,12 +188,6 @@ def with_data(config, facts: datasets.CaptionFacts, shapes: bool = True) -> None
   what = f"{facts.name} ({facts.how})"
   images, captions = facts.train_images, facts.train_captions
   if images is not None:
-    for spec in config.evaluate.baselines:
-      n = _baseline_size(config, spec)
-      if n is not None and n > images:
-        raise fail("evaluate.baselines", tuple(config.evaluate.baselines),
-                   f"subsets of at most {images} pairs", f"{spec!r} draws {n} distinct training "
-                   f"images and {what} has {images}")
     if config.method in ("mttvl", "lors", "repblend"):
       from jdd.configs.image_text import SPECS
       from jdd.methods import tm_vl
@@ -202,6 +196,12 @@ def with_data(config, facts: datasets.CaptionFacts, shapes: bool = True) -> None
               int(config.distill.pairs) - n + images,
               f"the distilled pairs start from {n} distinct real training images and {what} has "
               f"{images}")
+    for spec in config.evaluate.baselines:
+      n = _baseline_size(config, spec)
+      if n is not None and n > images:
+        raise fail("evaluate.baselines", tuple(config.evaluate.baselines),
+                   f"subsets of at most {images} pairs", f"{spec!r} draws {n} distinct training "
+                   f"images and {what} has {images}")
     if not config.image_encoder.checkpoint:
       at_most("pretrain.batch_size", int(config.pretrain.batch_size), images,
               f"an encoder pre-training epoch is images // batch_size steps and {what} has "
