@@ -143,7 +143,8 @@ def with_data(config, facts: datasets.ClassificationFacts, shapes: bool = True) 
           f"the images of {facts.name} are {shape[0]} px")
   if config.method == "infer":
     try:
-      budget = infer.compensator_budget(ipc, c, len(teachers.teacher_specs(config)), cpb)
+      budget = infer.compensator_budget(ipc, c, len(config.get("teacher_names") or ()) or 1,
+                                        cpb)
     except ValueError as e:
       raise ConfigError(f"recover.ipc={ipc}: {e}") from None
     if per_class is not None:
