@@ -34,7 +34,7 @@ FAMILIES = ("classification", "trajectory", "generative")
 
 def common(config) -> None:
   """The fields every family's config starts with (`jdd.configs.new_config`)."""
-  integer(config, "seed", lo=0)
+  integer(config, "seed")
   integer(config, "log_every", lo=1)
   integer(config, "checkpoint_every", lo=1)
   integer(config, "debug.interrupt_after", lo=0)

@@ -59,8 +59,8 @@ def static(config) -> None:
 
   e = "evaluate"
   epochs = integer(config, f"{e}.epochs", lo=1)
-  integer(config, f"{e}.eval_every", lo=1, hi=epochs,
-          why=f"the retrieval model is scored every eval_every of its {epochs} epochs")
+  integer(config, f"{e}.eval_every", lo=0, hi=epochs,
+          why=f"the retrieval model is scored every eval_every of its {epochs} epochs (0: 1)")
   integer(config, f"{e}.batch_size", lo=1)
   positive(config, f"{e}.lr_image")
   positive(config, f"{e}.lr_text")
@@ -156,9 +156,10 @@ def _distill_static(config) -> None:
   integer(config, f"{d}.pairs", lo=least, why="the pair budget" + (
       " (the learned similarity is charged one pair)" if least == 2 else ""))
   n = tm_vl.num_synthetic(dc, spec)
-  for field in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "eval_every",
-                "eval_seeds"):
+  for field in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch"):
     integer(config, f"{d}.{field}", lo=1)
+  if integer(config, f"{d}.eval_every", lo=0, why="0: no scoring during distillation"):
+    integer(config, f"{d}.eval_seeds", lo=1)
   integer(config, f"{d}.mini_batch", lo=1, hi=n,
           why=f"a student step draws mini_batch of the {n} distilled pairs")
   if spec.similarity and dc.similarity == "lowrank":
