@@ -87,6 +87,36 @@ def test_export_reloads_through_captions(smoke_run):
 
 
 @pytest.mark.slow
+def test_oracle_and_no_finetune_checks(smoke_run):
+  """The oracle holds the REAL train images of the export's query captions, with the export's
+  captions, written and read back through the same path; the ablation samples the same queries
+  with the pretrained U-Net. Both are scored and compared with the random subset."""
+  base, work, results = smoke_run
+  from jdd.stages.image_text import load_data
+  data = load_data(smoke_config(base / "data"))
+  export_m = json.load(open(os.path.join(work, "export", "manifest.json")))
+  oracle_m = json.load(open(os.path.join(work, "oracle", "manifest.json")))
+  assert oracle_m["query_caption_ids"] == export_m["query_caption_ids"]
+  got = read_train_annotations(os.path.join(work, "oracle", oracle_m["annotation"]), 30)
+  assert list(got.captions) == export_m["prompts"]
+  real = data.load_images("train", data.train.image_index[export_m["query_caption_ids"]],
+                          dtype="uint8")
+  for i, rel in enumerate(got.image_paths):                # PNG round trip: the real pixels
+    np.testing.assert_array_equal(load_image(os.path.join(work, "oracle", rel), 32, "uint8"),
+                                  real[i])
+  ablation = json.load(open(os.path.join(work, "no_finetune", "manifest.json")))
+  assert ablation["query_caption_ids"] == export_m["query_caption_ids"]
+  assert ablation["files"] != export_m["files"]            # other U-Net weights, other pixels
+  for name in ("oracle_real_queries", "edge_no_finetune"):
+    assert results[name]["num_pairs"] == 6
+  pairs = {(c["a"], c["b"]) for c in results["comparisons"]}
+  assert {("distilled_edge", "random_6"), ("oracle_real_queries", "random_6"),
+          ("edge_no_finetune", "random_6"), ("distilled_edge", "edge_no_finetune")} <= pairs
+  assert results["protocol"]["name"] == "edge" and results["model"]["train_backbone"]
+  assert os.path.exists(os.path.join(work, "eval", "curves.png"))
+
+
+@pytest.mark.slow
 def test_resume_after_interruption_is_bit_exact(smoke_run, tmp_path):
   base, work, results = smoke_run
   resumed = str(tmp_path / "w")
