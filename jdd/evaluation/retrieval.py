@@ -203,6 +203,7 @@ def train_and_score(model: RetrievalModel, backbone_variables: dict, pairs: Pair
   lr_image / lr_text (used when the pair set carries none).
   Returns per-eval-point metrics, the val-selected test metrics and the protocol's number.
   """
+  cfg = protocols.complete(cfg)
   protocols.check(cfg)
   key = jax.random.fold_in(jax.random.key(int(seed)), 0)
   frozen = None if model.train_backbone else backbone_variables

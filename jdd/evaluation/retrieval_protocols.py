@@ -131,6 +131,19 @@ def check(ec) -> None:
         "settings (the results are then labelled custom)")
 
 
+def complete(ec):
+  """`ec` with every protocol field: a block built by hand without `protocol` (a notebook, a
+  test) is 'custom', its missing fields LoRS's. Returns a new ConfigDict; `ec` is untouched."""
+  import ml_collections
+  out = ml_collections.ConfigDict(ec.to_dict() if hasattr(ec, "to_dict") else dict(ec))
+  if "protocol" not in out:
+    out.protocol = "custom"
+  for field, value in fixed_values("lors").items():
+    if field not in out:
+      out[field] = value
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """One evaluation run's schedule, resolved from the config and the pair count."""
