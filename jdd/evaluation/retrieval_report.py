@@ -115,8 +115,12 @@ def summary_lines(results: Mapping) -> list[str]:
     s = r["summary"]
     runs = (f"{r['draws']}x{len(r['per_draw'][0]['per_seed'])}" if "per_draw" in r
             else str(s["num_seeds"]))
-    lrs = (f"{r['lr_image']:.3g}/{r['lr_text']:.3g}" if r.get("lr_image") is not None
-           else "default")
+    if r.get("lr_image") is None:
+      lrs = "default"
+    elif proto.get("shared_lr"):       # MTT-VL: the image rate for both modalities
+      lrs = f"{r['lr_image']:.3g} both"
+    else:
+      lrs = f"{r['lr_image']:.3g}/{r['lr_text']:.3g}"
     cells = "  ".join(f"{_cell(s['test'][m]):>11}" for m in METRICS)
     ref = next((f"{_cell(s[k][METRIC])} ({k.removeprefix('reference_protocol_')})"
                 for k in REFERENCE_KEYS if k in s), "")
