@@ -189,6 +189,10 @@ def test_protocol_fields_are_checked():
   with pytest.raises(ValueError, match="fixes these fields"):
     protocols.check(override(c, **{"evaluate.protocol": "mttvl"}).evaluate)
   assert load_config("configs/lors_shapes.py:protocol=mttvl").evaluate.batch_size == 64
+  c = load_config("configs/repblend_shapes.py:protocol=edge")     # frozen backbone: features
+  with pytest.raises(ValueError, match="model.train_backbone=True"):
+    protocols.check_config(c)
+  protocols.check_config(load_config("configs/lors_shapes.py:protocol=edge"))
 
 
 def test_paper_configs_use_their_references_evaluators():

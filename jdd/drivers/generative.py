@@ -68,9 +68,7 @@ def check(config) -> None:
   unknown = sorted(set(ec.checks) - set(CHECKS))
   if unknown:
     raise ValueError(f"edge.checks has {unknown}: choose from {list(CHECKS)}")
-  protocols.check(config.evaluate)
-  if config.evaluate.augment and not config.model.train_backbone:
-    raise ValueError("evaluate.augment needs pixels: set model.train_backbone=True")
+  protocols.check_config(config)
   if ec.backend == "sd":
     edge_backends.check_sd_files(config)   # missing weights stop the run at once
 

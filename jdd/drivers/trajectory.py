@@ -31,9 +31,7 @@ def check(config) -> None:
   if config.method not in METHODS:
     raise ValueError(f"config.method={config.method!r} is not a trajectory-matching method "
                      f"({list(METHODS)})")
-  protocols.check(config.evaluate)
-  if config.evaluate.augment and not config.model.train_backbone:
-    raise ValueError("evaluate.augment needs pixels: set model.train_backbone=True")
+  protocols.check_config(config)
 
 
 load_data = image_text.load_data

@@ -144,6 +144,16 @@ def complete(ec):
   return out
 
 
+def check_config(config) -> None:
+  """`check` of `config.evaluate`, and pixels for an augmenting protocol (the image-text
+  drivers call it before any work)."""
+  check(config.evaluate)
+  if bool(config.evaluate.augment) and not bool(config.model.train_backbone):
+    raise ValueError(f"evaluate.augment (protocol {config.evaluate.protocol!r}) crops and flips "
+                     "pixels, but model.train_backbone=False trains on cached features: set "
+                     "model.train_backbone=True (EDGE's evaluator trains the NFNet)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """One evaluation run's schedule, resolved from the config and the pair count."""
