@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jdd.data.pipeline import Rows
 from jdd.evaluation.retrieval_metrics import retrieval_metrics, score_matrix
 from jdd.loop import host_rng
 from jdd.models.retrieval import RetrievalModel
@@ -182,7 +183,9 @@ def train_and_score(model: RetrievalModel, backbone_variables: dict, pairs: Pair
   lr_txt = float(pairs.lr_text if pairs.lr_text is not None else cfg.lr_text)
   sim = (np.eye(n, dtype=np.float32) if pairs.similarity is None
          else np.asarray(pairs.similarity, np.float32))
-  images, texts = np.asarray(pairs.images), np.asarray(pairs.texts, np.float32)
+  # Streamed rows (jdd.data.pipeline.Rows) stay lazy: each batch reads its own images.
+  images = pairs.images if isinstance(pairs.images, Rows) else np.asarray(pairs.images)
+  texts = np.asarray(pairs.texts, np.float32)
   points = []
   every = max(1, int(cfg.eval_every))
   for epoch in range(epochs + 1):

@@ -172,6 +172,13 @@ def encode_features(model: RetrievalModel, backbone_variables: dict, images: np.
   return out if out is not None else np.zeros((0, model.feature_dim), np.float32)
 
 
+def feature_encoder(model: RetrievalModel, backbone_variables: dict):
+  """x (normalised NHWC pixels) -> the frozen backbone's pooled features, jitted once per model
+  (what `jdd.data.pipeline.encode_to_file` runs over a split)."""
+  apply = _feature_fn(model)
+  return lambda x: apply(backbone_variables, jnp.asarray(x))
+
+
 _FEATURE_FNS: dict[int, Any] = {}
 
 
