@@ -5,6 +5,8 @@ gives the same snapshots as an uninterrupted one."""
 
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -21,6 +23,7 @@ from jdd.loop import RunContext, SimulatedInterruption
 from jdd.models.retrieval import RetrievalModel, encode_features, feature_encoder
 from jdd.stages import experts
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, FEAT, TEXT = 16, 8, 6
 
 
@@ -190,3 +193,45 @@ def test_killed_and_resumed_augmented_experts_equal_uninterrupted(dataset_cfg, t
       assert np.abs(ref.trajectory(e)[m][2] - ref.trajectory(e)[m][1]).max() > 0
   # Each expert its own heads, order and augmentation.
   assert np.abs(ref.trajectory(0)["image"][1] - ref.trajectory(1)["image"][1]).max() > 0
+
+
+_DEVICES = r"""
+import json, os, sys, jax, numpy as np
+sys.path.insert(0, sys.argv[1])
+import tests.test_experts as te, tests.test_pipeline as tp
+from jdd.data.captions import load_caption_dataset
+work, out = sys.argv[2], sys.argv[3]
+feats, texts, idx = te.toy_pairs()
+f = te.train(te.tiny_model(), feats, texts, idx, te.expert_cfg(num_experts=4, parallel=4),
+             os.path.join(work, "f"), jax.random.key(3))
+data = load_caption_dataset(tp.write_flickr_like(os.path.join(work, "data")))
+model, variables = tp.tiny_model()
+p = tp._train(data, model, variables, np.random.default_rng(0).normal(size=(24, 6)).astype(
+    np.float32), os.path.join(work, "p"), jax.random.key(11))
+arrays = {f"{k}{e}{m}": s.trajectory(e)[m] for k, s in (("f", f), ("p", p))
+          for e in s.done() for m in ("image", "text")}
+np.savez(out, **arrays)
+done = lambda s, e: json.load(open(os.path.join(s.root, "done", f"expert{e:03d}.json")))
+print(json.dumps({"devices": len(jax.devices()), "feature": done(f, 0)["devices"],
+                  "pixel": done(p, 0)["devices"]}))
+"""
+
+
+def test_experts_spread_over_devices(tmp_path):
+  """4 fake CPU devices: feature experts shard the expert axis (one expert per device), pixel
+  experts shard each batch; the trajectories equal one device's to float rounding."""
+  outs, records = [], []
+  for n in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    out = tmp_path / f"traj{n}.npz"
+    r = subprocess.run([sys.executable, "-c", _DEVICES, ROOT, str(tmp_path / f"w{n}"), str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    outs.append(np.load(out))
+  assert records[0] == {"devices": 1, "feature": 1, "pixel": 1}
+  assert records[1] == {"devices": 4, "feature": 4, "pixel": 4}
+  assert sorted(outs[0]) == sorted(outs[1]) and len(outs[0]) == 12
+  for k in outs[0]:
+    np.testing.assert_allclose(outs[0][k], outs[1][k], atol=1e-5, err_msg=k)

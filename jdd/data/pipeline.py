@@ -47,11 +47,24 @@ def default_threads() -> int:
   return max(1, min(32, os.cpu_count() or 1))
 
 
-def normalize(x: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
-  """uint8 NHWC -> float32, /255, then (x - mean) / std: the references' ToTensor + Normalize
-  (bit for bit what `jdd.data.captions.load_image` returns)."""
-  x = x.astype(np.float32) / np.float32(255.0)
+def _normalized_values(v: np.ndarray, mean, std) -> np.ndarray:
+  x = v.astype(np.float32) / np.float32(255.0)
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+_LUTS: dict = {}
+
+
+def normalize(x: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+  """uint8 NHWC -> float32, /255, then (x - mean) / std: the references' ToTensor + Normalize,
+  bit for bit what `jdd.data.captions.load_image` returns. Read from a (channel, value) table
+  of those same float32 operations: one gather instead of four passes over the batch."""
+  key = (tuple(mean), tuple(std))
+  if key not in _LUTS:
+    levels = np.arange(256, dtype=np.uint8)[:, None].repeat(len(mean), 1)
+    _LUTS[key] = np.ascontiguousarray(_normalized_values(levels, mean, std).T)
+  lut = _LUTS[key]
+  return lut[np.arange(lut.shape[0]), x]
 
 
 def _resized(path: str, size: int) -> np.ndarray:

@@ -168,6 +168,8 @@ def apply_op(img: Image.Image, op: str, arg: float, fill: int = 128) -> Image.Im
     return ImageOps.autocontrast(img)
   if op == "Equalize":
     return ImageOps.equalize(img)
+  if op in ("Brightness", "Sharpness") and arg == 1.0:
+    return img          # the references' M = 5: a blend with weight 1 returns the image itself
   if op == "Brightness":
     return ImageEnhance.Brightness(img).enhance(arg)
   if op == "Sharpness":

@@ -122,20 +122,10 @@ def _flat(params: dict) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- pixels
-def train_pixel_expert(plan: Plan, store, e: int) -> None:
-  """Expert `e`, one SGD step per streamed batch (module docstring)."""
-  ctx, b, per_epoch = plan.ctx, plan.batch, plan.per_epoch
-  mesh = ctx.mesh
-  multi = mesh.shape["data"] > 1
-  ekey = plan.expert_key(e)
-  frozen = None if plan.model.train_backbone else plan.backbone_variables
-  opt, train_step = compiled_train_step(plan.model, features=plan.features,
-                                        **plan.step_settings())
-  if frozen is not None and multi:
-    frozen = mesh_lib.replicate(frozen, mesh)
-  params = plan.init(ekey)
-  state = {"params": params, "opt": opt.init(params), "loss_sum": jnp.float32(0.0)}
-  target = jnp.eye(b, dtype=jnp.float32)
+def pixel_batches(plan: Plan, ekey: jax.Array):
+  """Step s -> expert batch s (images on the device, sharded over the mesh when it has several
+  devices; texts; the step's index in its epoch), a pure function of (ekey, s)."""
+  b, per_epoch, mesh = plan.batch, plan.per_epoch, plan.ctx.mesh
   orders: dict[int, np.ndarray] = {}
 
   def make_batch(s):
@@ -151,9 +141,27 @@ def train_pixel_expert(plan: Plan, store, e: int) -> None:
       seeds = pipeline.image_seeds(host_rng(jax.random.fold_in(ekey, 1 + epoch), i), b)
       x = plan.files.augmented(rows, seeds, plan.transform)
     x, t = jnp.asarray(x), jnp.asarray(plan.texts[idx])
-    if multi:
+    if mesh.shape["data"] > 1:
       x, t = mesh_lib.shard(x, mesh), mesh_lib.shard(t, mesh)
     return {"images": x, "texts": t, "i": i}
+  return make_batch
+
+
+def train_pixel_expert(plan: Plan, store, e: int) -> None:
+  """Expert `e`, one SGD step per streamed batch (module docstring)."""
+  ctx, b, per_epoch = plan.ctx, plan.batch, plan.per_epoch
+  mesh = ctx.mesh
+  multi = mesh.shape["data"] > 1
+  ekey = plan.expert_key(e)
+  frozen = None if plan.model.train_backbone else plan.backbone_variables
+  opt, train_step = compiled_train_step(plan.model, features=plan.features,
+                                        **plan.step_settings())
+  if frozen is not None and multi:
+    frozen = mesh_lib.replicate(frozen, mesh)
+  params = plan.init(ekey)
+  state = {"params": params, "opt": opt.init(params), "loss_sum": jnp.float32(0.0)}
+  target = jnp.eye(b, dtype=jnp.float32)
+  make_batch = pixel_batches(plan, ekey)
 
   def step_fn(state, batch, rng):
     params, opt_state, value = train_step(state["params"], state["opt"], frozen,
@@ -187,7 +195,7 @@ def train_pixel_expert(plan: Plan, store, e: int) -> None:
                      log_every=per_epoch, on_start=on_start, before_step=before_step,
                      after_step=after_step)
   store.finish(e, {"expert": e, "final_epoch_loss": float(state["loss_sum"]) / per_epoch,
-                   "experts_per_program": 1})
+                   "experts_per_program": 1, "devices": mesh.shape["data"]})
 
 
 # --------------------------------------------------------------------------- features
@@ -217,7 +225,7 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _epoch_program(plan: Plan):
+def epoch_program(plan: Plan):
   """One jitted program: `vmap` over a group's experts of a `lax.scan` over one epoch."""
   _, step = make_train_step(plan.model, features=True, **plan.step_settings())
   b, per_epoch = plan.batch, plan.per_epoch
@@ -266,7 +274,7 @@ def train_feature_group(plan: Plan, store, group: list[int]) -> None:
          float(ctx.config.experts.lr_image), float(ctx.config.experts.lr_text))
   hit = _PROGRAMS.get(key)
   if hit is None or hit[0] is not plan.model:
-    hit = _PROGRAMS[key] = (plan.model, _epoch_program(plan))
+    hit = _PROGRAMS[key] = (plan.model, epoch_program(plan))
   program = hit[1]
 
   def batch_fn(epoch):
@@ -297,4 +305,5 @@ def train_feature_group(plan: Plan, store, group: list[int]) -> None:
   loss = np.asarray(state["loss"])
   for g, e in enumerate(group):
     store.finish(e, {"expert": e, "final_epoch_loss": float(loss[g]),
-                     "experts_per_program": len(group)})
+                     "experts_per_program": len(group),
+                     "devices": mesh.shape["data"] if spread else 1})

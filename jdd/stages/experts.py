@@ -8,6 +8,11 @@ identity targets, tau 0.07; the trainable tensors are snapshotted at the start a
 epoch. RepBlend trains and stores the image and text projection heads, LoRS/MTT-VL the whole image
 encoder and the text head.
 
+Every expert trains on the references' train transform (RandomResizedCrop, flip, RandomAugment;
+`jdd.data.randaugment`) when `experts.augment` is on, as the paper configs of all three methods
+set it: the reference buffers of RepBlend were made on augmented images too (the frozen NFNet
+runs on every augmented batch; research §4, "Expert cost").
+
 jdd differs on purpose (research §4 "Snapshot use", §9):
 
 * **One store, read without reloading.** The reference writes one `.pt` file per expert and
@@ -15,20 +20,27 @@ jdd differs on purpose (research §4 "Snapshot use", §9):
   memory-mapped array per modality, `W/experts/{image,text}.npy` of shape
   (experts, snapshots, parameters), float32, so a distillation run opens the store once and
   reads a trajectory as a slice.
-* **Only the snapshots a config can use.** Distillation only reads epochs 0 .. max_start_epoch
-  + expert_epochs; `experts.keep_epochs` (default: that number + 1) limits the store to them and
-  the manifest says which epochs were kept and how many bytes that saved.
+* **Only the epochs a config can use, stored and trained.** Distillation only reads epochs
+  0 .. max_start_epoch + expert_epochs; `experts.keep_epochs` (the paper configs: that number)
+  limits the store to them, and since SGD at a constant rate never looks ahead, the experts
+  stop training there too (3 of the references' 10 epochs; `keep_epochs=0` trains and stores
+  all `epochs`). The manifest says which epochs were kept and what the rest would have cost.
+* **Cheap frozen-feature experts.** With a frozen backbone and `experts.augment=False`, the
+  backbone's features of un-augmented images are computed once (memory-mapped), and groups of
+  experts train in one program per epoch (`vmap` over experts, `lax.scan` over steps, the
+  expert axis sharded over the devices; `jdd.stages.expert_loops`). This is exact only for
+  un-augmented references (`--no_aug`); it is the switch, not the default of a paper config.
+* **Streaming pixels.** Pixel experts read each batch from disk in threads, prefetched while
+  the previous step runs (`jdd.data.pipeline`); host memory holds a few batches, not a split.
+  Batches are sharded over the mesh's `data` axis.
 * **Resumable and shardable.** A finished expert is marked by `W/experts/done/expertNNN.json`,
-  written after its slice is flushed; an unfinished one resumes from its last epoch checkpoint
-  (each expert is one run of the shared checkpointed loop, `jdd.loop`, checkpointing at the end
-  of every epoch).
-  `experts.shard = 'i/n'` trains every n-th expert starting at i, so n processes (or machines
-  sharing the workdir) fill one store; batches are sharded over the local device mesh.
-* **Seeded.** Expert e's heads, data order and dropout come from fold_in(key, e).
-* With a frozen backbone, experts train on the backbone's features of un-augmented images
-  (computed once) rather than re-running the frozen encoder on augmented pixels every step; the
-  reference's train augmentation is therefore off in that mode (a CPU-budget choice, stated in
-  the manifest).
+  written after its rows are flushed (each row is written and flushed after its epoch, before
+  that epoch's checkpoint of the shared loop, `jdd.loop`); an unfinished expert or group
+  resumes from its last epoch checkpoint, bit for bit. `experts.shard = 'i/n'` trains every
+  n-th expert starting at i, so n processes (or machines sharing the workdir) fill one store.
+* **Seeded.** Expert e's heads, data order, augmentation and dropout come from fold_in(key, e)
+  (`train_experts`), never from a global random state, so the thread count, prefetching and a
+  resume never change a draw.
 """
 
 from __future__ import annotations
@@ -199,14 +211,18 @@ def read_speed(store: ExpertStore, expert: int = 0, repeats: int = 5) -> float:
 
 
 def manifest(store: ExpertStore, cfg) -> dict:
-  """The experts' entry of results.json: what was stored, and what storing every epoch would
-  have cost."""
+  """The experts' entry of results.json: what was stored and trained, and what storing and
+  training every one of `experts.epochs` would have cost."""
   per_snapshot = sum(store.meta["sizes"].values()) * 4
   full = store.num_experts * (int(cfg.epochs) + 1) * per_snapshot
+  records = [checkpoint.read_json(os.path.join(store.root, "done", f"expert{e:03d}.json"))
+             for e in store.done()]
   return {"num_experts": store.num_experts, "finished": len(store.done()),
-          "epochs_stored": store.epochs, "epochs_trained": int(cfg.epochs),
+          "epochs_stored": store.epochs, "epochs_trained": store.meta["info"]["epochs_trained"],
+          "epochs_configured": int(cfg.epochs),
           "parameters_per_snapshot": store.meta["sizes"], "store_bytes": store.nbytes(),
-          "bytes_if_every_epoch_were_stored": full, "inputs": store.meta["info"]["inputs"]}
+          "bytes_if_every_epoch_were_stored": full, "inputs": store.meta["info"]["inputs"],
+          "experts_per_program": sorted({r.get("experts_per_program", 1) for r in records})}
 
 
 # ------------------------------------------------------------------------------ training
