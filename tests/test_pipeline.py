@@ -217,6 +217,7 @@ print(json.dumps({"devices": len(jax.devices()), "feature": done(f, 0)["devices"
 """
 
 
+@pytest.mark.slow  # two processes compiling the expert programs: about 2 CPU-minutes
 def test_experts_spread_over_devices(tmp_path):
   """4 fake CPU devices: feature experts shard the expert axis (one expert per device), pixel
   experts shard each batch; the trajectories equal one device's to float rounding."""

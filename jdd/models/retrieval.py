@@ -14,8 +14,9 @@ The text side is always a `ProjectionHead` on precomputed, frozen text-encoder e
 Trainable parameters are `{'image': ..., 'text': ...}` (the two trajectories that trajectory
 matching compares); the frozen backbone's variables are passed separately. With a frozen
 backbone, the image input may be the backbone's pooled features instead of pixels, which is
-how jdd evaluates and trains experts on a CPU: the features of un-augmented images are computed
-once (`encode_features`) instead of on every step. The distillation student passes pixels.
+how jdd evaluates, and trains un-augmented experts: the features of un-augmented images are
+computed once (`feature_encoder`, run over a split by `jdd.data.pipeline.encode_to_file`)
+instead of on every step. The distillation student passes pixels.
 """
 
 from __future__ import annotations
