@@ -119,9 +119,14 @@ def main():
         f"{args.image_size} px", flush=True)
 
   t0, c0 = time.perf_counter(), time.process_time()
-  cfg = generate(os.path.join(args.dir, "data"), args.images, args.size, args.eval_images,
-                 threads)
-  phase("generate (or reuse) JPEGs", args.images + 2 * args.eval_images, t0, c0)
+  root = os.path.join(args.dir, "data")
+  reused = os.path.exists(os.path.join(root, "DONE"))
+  cfg = generate(root, args.images, args.size, args.eval_images, threads)
+  if reused and time.perf_counter() - t0 < 1.0:
+    print(f"JPEGs: reused the {args.images + 2 * args.eval_images} images under {root}",
+          flush=True)
+  else:
+    phase("generate JPEGs", args.images + 2 * args.eval_images, t0, c0)
 
   data = load_caption_dataset({**cfg, "image_size": args.image_size, "threads": threads})
   config = ml_collections.ConfigDict(dict(
@@ -155,8 +160,9 @@ def main():
                                  path, batch_size=args.encode_batch)
   phase(f"feature encoding ({args.encoder}, {dim}-d, memory-mapped)", len(rows), t0, c0)
   files.close()
-  print(f"float32 train images in memory would be {args.images * args.image_size ** 2 * 12 / 1e9:.1f}"
-        f" GB; features on disk {os.path.getsize(path) / 1e6:.0f} MB", flush=True)
+  whole = args.images * args.image_size ** 2 * 3 * 4 / 1e9
+  print(f"float32 train images in memory would be {whole:.1f} GB; features on disk "
+        f"{os.path.getsize(path) / 1e6:.0f} MB", flush=True)
   print(f"peak_rss_gb={peak_rss_gb():.3f}")
 
 

@@ -11,7 +11,8 @@ jdd runs its expert program (`jdd.stages.expert_loops.epoch_program`: one jitted
 over an epoch's steps, `vmap` over a group of experts) over `--steps` steps of the full-size
 tables; the PyTorch loop, written here, runs the same steps (same heads, loss, optimiser,
 batch gather from the same tables, one expert at a time; `torch.set_num_threads` = the CPU
-count) in its own process (the same random tables, regenerated from the same seed). Each is timed after a warm-up and extrapolated to whole trajectories: `--epochs`
+count) in its own process (the same random tables, regenerated from the same seed). Each is
+timed after a warm-up and extrapolated to whole trajectories: `--epochs`
 (default 3, what the paper configs train: epochs 0..3 are all a distillation reads) and the
 references' 10. The ratio is torch / jdd. For orientation: the RepBlend paper reports 40 min
 per trajectory (frozen NFNet on augmented images, 10 epochs) and 70 min for LoRS's trained
@@ -33,6 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+
+if "--torch-worker" in sys.argv:
+  # The PyTorch loop runs in its own process; there torch (and its lazily imported compiler
+  # stack, which torch.optim pulls in) is loaded before jax: loaded after jax it once crashed
+  # in a native module's initialisation here.
+  import torch
+  import torch._dynamo  # noqa: F401
 
 import jax
 import jax.numpy as jnp
@@ -179,7 +187,7 @@ def main():
   image_index = image_index[:args.captions]
   texts = rng.normal(size=(args.captions, args.text_dim)).astype(np.float32)
   per_epoch = args.captions // BATCH
-  if args.torch_worker:   # torch in its own process: importing it after jax crashes here
+  if args.torch_worker:   # torch in its own process (imported first, above)
     print(json.dumps(torch_seconds_per_step(feats, texts, image_index, args.steps,
                                             args.repeats)))
     return

@@ -134,3 +134,21 @@ def test_bad_settings_are_refused():
     ra.TrainTransform(size=8, magnitude=11)
   with pytest.raises(ValueError, match="unknown"):
     ra.apply_op(image(0), "Posterize", 4)
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("ops", "blip", "train_transform.ops"), ("magnitude", 12.0, "train_transform.magnitude"),
+    ("min_scale", 0.0, "train_transform.min_scale"), ("num_ops", -1, "train_transform.num_ops")])
+def test_config_checks_name_the_train_transform_field(field, value, says):
+  """A bad train_transform stops the run before any data is read, naming the field, but only
+  where something uses the transform."""
+  from jdd.config import load_config
+  from jdd.errors import ConfigError
+  from jdd.validation import image_text, refusing
+  config = load_config("configs/lors_flickr.py")       # experts.augment=True
+  config.train_transform[field] = value
+  with pytest.raises(ConfigError, match=says.replace(".", r"\.")), refusing():
+    image_text.static(config)
+  config.experts.augment = config.distill.init_augment = False
+  with refusing():
+    image_text.static(config)
