@@ -49,11 +49,11 @@ def test_experts_benchmark_tiny(tmp_path):
   pytest.importorskip("torch")
   out = _run([os.path.join(ROOT, "benchmarks", "experts.py"), "--images", "64", "--captions",
               "640", "--feature-dim", "16", "--text-dim", "8", "--steps", "2", "--repeats", "1",
-              "--experts", "1,2", "--store-pairs", "64", "--store-epochs", "1",
+              "--experts", "1,2", "--store-pairs", "640", "--store-epochs", "1",
               "--store-experts", "1"], tmp_path)
   for name in ("jdd \\(1 expert per program\\)", "jdd \\(2 experts per program\\)",
                "torch loop \\(1 expert\\)"):
     assert re.search(name + r": [0-9.]+ s/step \([0-9.]+ CPU s\) -> \d+ s per 3-epoch", out), out
   assert re.search(r"ratio torch / jdd \(2 per program\): [0-9.]+x wall", out)
   assert "RepBlend 40 min, LoRS 70 min per trajectory" in out
-  assert re.search(r"store: 1 experts x 1 epochs on 64 pairs .* 2 snapshots", out)
+  assert re.search(r"store: 1 experts x 1 epochs on 640 pairs .* 2 snapshots", out)
