@@ -72,27 +72,28 @@ def _expert_cfg(**kw):
 def jdd_seconds_per_step(model, feats, texts, image_index, steps: int, group: int,
                          repeats: int) -> tuple[float, float]:
   """(wall, CPU) seconds per expert-step of the expert program, `group` experts per program."""
-  ctx = _context(_expert_cfg(), tempfile.mkdtemp(prefix="jdd_bench_"), 0)
-  plan = expert_loops.Plan(ctx, model, {}, feats, texts, image_index, True, None, None, BATCH,
-                           steps, 1)
-  program = expert_loops.epoch_program(plan)
-  opt, _ = make_train_step(model, features=True, **plan.step_settings())
-  keys = [plan.expert_key(e) for e in range(group)]
-  params = jax.tree.map(lambda *x: jnp.stack(x), *[plan.init(k) for k in keys])
-  state = {"params": params, "opt": jax.vmap(opt.init)(params),
-           "loss": jnp.zeros(group, jnp.float32)}
-  bases = jnp.stack([jax.random.fold_in(k, 2) for k in keys])
-  data = [jnp.asarray(feats), jnp.asarray(texts), jnp.asarray(image_index, jnp.int32)]
-  perms = [jnp.asarray(np.stack([plan.order(k, e) for k in keys]).astype(np.int32))
-           for e in range(repeats + 1)]
-  state, m = program(state, perms[0], bases, jnp.int32(0), *data)      # compile + warm-up
-  jax.block_until_ready(m)
-  t, c = time.perf_counter(), time.process_time()
-  for e in range(1, repeats + 1):
-    state, m = program(state, perms[e], bases, jnp.int32(e), *data)
-  jax.block_until_ready(m)
-  n = repeats * steps * group
-  return (time.perf_counter() - t) / n, (time.process_time() - c) / n
+  with tempfile.TemporaryDirectory(prefix="jdd_bench_") as work:   # the context needs a workdir
+    ctx = _context(_expert_cfg(), work, 0)
+    plan = expert_loops.Plan(ctx, model, {}, feats, texts, image_index, True, None, None, BATCH,
+                             steps, 1)
+    program = expert_loops.epoch_program(plan)
+    opt, _ = make_train_step(model, features=True, **plan.step_settings())
+    keys = [plan.expert_key(e) for e in range(group)]
+    params = jax.tree.map(lambda *x: jnp.stack(x), *[plan.init(k) for k in keys])
+    state = {"params": params, "opt": jax.vmap(opt.init)(params),
+             "loss": jnp.zeros(group, jnp.float32)}
+    bases = jnp.stack([jax.random.fold_in(k, 2) for k in keys])
+    data = [jnp.asarray(feats), jnp.asarray(texts), jnp.asarray(image_index, jnp.int32)]
+    perms = [jnp.asarray(np.stack([plan.order(k, e) for k in keys]).astype(np.int32))
+             for e in range(repeats + 1)]
+    state, m = program(state, perms[0], bases, jnp.int32(0), *data)      # compile + warm-up
+    jax.block_until_ready(m)
+    t, c = time.perf_counter(), time.process_time()
+    for e in range(1, repeats + 1):
+      state, m = program(state, perms[e], bases, jnp.int32(e), *data)
+    jax.block_until_ready(m)
+    n = repeats * steps * group
+    return (time.perf_counter() - t) / n, (time.process_time() - c) / n
 
 
 def torch_seconds_per_step(feats, texts, image_index, steps: int,
