@@ -157,7 +157,7 @@ def build_problem(s: Setting, torch_arrays: bool = True) -> dict:
   import jax.numpy as jnp
   from jdd import models
   from jdd.convert import to_state_dict
-  from jdd.methods import lors, repblend, tm_vl
+  from jdd.methods import lors, repblend, tm_vl, trajectory
   from jdd.models import heads, nfnet
   from jdd.models.retrieval import RetrievalModel
   from jdd.objectives import trajectory
@@ -194,10 +194,10 @@ def build_problem(s: Setting, torch_arrays: bool = True) -> dict:
   texts = rng.standard_normal((n, s.text_dim), np.float32)
   params = tm_vl.init_params(dc, spec, jax.random.key(s.seed + 2), images, texts)
 
-  flat = {m: _ravel(theta0[m]) for m in tm_vl.MODALITIES}
-  unravels = {m: _unraveler(theta0[m]) for m in tm_vl.MODALITIES}
+  flat = {m: _ravel(theta0[m]) for m in trajectory.MODALITIES}
+  unravels = {m: _unraveler(theta0[m]) for m in trajectory.MODALITIES}
   batch = {"start": {m: jnp.asarray(v) for m, v in flat.items()},
-           "target": {m: jnp.asarray(_ravel(target[m])) for m in tm_vl.MODALITIES}}
+           "target": {m: jnp.asarray(_ravel(target[m])) for m in trajectory.MODALITIES}}
   key_step = jax.random.key(s.seed + 3)
 
   problem = dict(model=model, spec=spec, dc=dc, variables=variables, params=params,
