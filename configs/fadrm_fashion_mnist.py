@@ -41,7 +41,7 @@ def get_config(arg=None):
   fadrm.patch_init(c, candidates=200, factor=1, crops=2)
   c.relabel.crop_scale = (0.5, 1.0)
   if args.get("smoke"):
-    fadrm.apply_smoke(c)
+    fadrm.apply_smoke(c, args)
     # 32 then 28 px: both give the ConvNet's 4x4 feature map (28 + 2 * 3 padding), so the
     # smoke run crosses a real change of resolution (upsampled, then ARC back to 28).
     c.recover.resolutions = (32, 28)

@@ -33,5 +33,5 @@ def get_config(arg=None):
   c.relabel.crop_scale = (0.5, 1.0)
   c.relabel.mix = "cutmix"
   if args.get("smoke"):
-    sre2l.apply_smoke(c)
+    sre2l.apply_smoke(c, args)
   return finalize(c)

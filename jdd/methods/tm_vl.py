@@ -47,7 +47,6 @@ from jdd.objectives.contrastive import (infonce_loss, init_full_similarity,
                                         init_lowrank_similarity, l2_normalize,
                                         similarity_matrix, wbce_loss)
 
-MODALITIES = trajectory.MODALITIES
 # §5.1: the per-channel statistics of the references' noise initialisation.
 NOISE_MEAN = (-0.0626, -0.0221, 0.0680)
 NOISE_STD = (1.0451, 1.0752, 1.0539)
@@ -178,8 +177,8 @@ def make_step(loss_fn, tx: optax.GradientTransformation, unravel, n: int, dc):
     p = state["params"]
     data = {k: p[k] for k in ("images", "texts", "sim") if k in p}
     lrs = {"image": p["lr_image"], "text": p["lr_text"]}
-    theta0 = {m: unravel(m, batch["start"][m]) for m in MODALITIES}
-    target = {m: unravel(m, batch["target"][m]) for m in MODALITIES}
+    theta0 = {m: unravel(m, batch["start"][m]) for m in trajectory.MODALITIES}
+    target = {m: unravel(m, batch["target"][m]) for m in trajectory.MODALITIES}
     idx = trajectory.minibatch_indices(jax.random.fold_in(rng, 0), n, b, steps)
     keys = trajectory.step_keys(jax.random.fold_in(rng, 1), steps)
     (loss, aux), (g_data, g_lrs) = trajectory.value_and_grad(
