@@ -4,7 +4,7 @@ slow, and the latter memory-hungry.
 Depthwise convolution. MobileNetV2, ShuffleNetV2 and EfficientNet-B0 are FADRM+ and INFER
 teachers; each depthwise 3x3 (5x5) convolution is, in PyTorch, a oneDNN kernel, and in XLA on a
 CPU a `feature_group_count = C` convolution that runs several times slower than the formulation
-here (at ImageNet shapes: forward 3-20x, input gradient 10-20x; docs/benchmarks.md). A
+here (`benchmarks/window_ops.py` times both at MobileNetV2's ImageNet shapes). A
 depthwise convolution is a sum of kh x kw shifted (and strided) copies of the input, each scaled
 per channel, which XLA fuses into one elementwise loop. The gradient is written the same way
 (`jax.custom_vjp`): the input gradient is the correlation of the stride-dilated output gradient
