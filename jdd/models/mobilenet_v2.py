@@ -50,9 +50,9 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
-from jdd.models.shifted import DepthwiseConv
 from jdd.models.convnet import torch_default_kernel_init, torch_linear
 from jdd.models.resnet import kaiming_fan_out
+from jdd.models.shifted import DepthwiseConv
 from jdd.models.torch_names import default_torch_key
 
 VARIANTS = ("torchvision", "cifar")
