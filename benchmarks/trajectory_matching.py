@@ -158,7 +158,6 @@ def build_problem(s: Setting, torch_arrays: bool = True) -> dict:
   from jdd import models
   from jdd.convert import to_state_dict
   from jdd.methods import lors, repblend, tm_vl
-  from jdd.objectives import trajectory
   from jdd.models import heads, nfnet
   from jdd.models.retrieval import RetrievalModel
   from jdd.objectives import trajectory
