@@ -3,9 +3,9 @@ jdd exact mode, jdd TESLA mode, and the same computation as a PyTorch loop.
 
     PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/trajectory_matching.py \
         [--res 64] [--pairs 100] [--syn-steps 8] [--iters 5] [--which repblend,lors] \
-        [--modes exact,tesla,torch] [--encoder tiny2304|tiny|l0]
+        [--modes exact,tesla,torch,torch_tesla] [--encoder tiny2304|tiny|l0]
 
-The torch mode needs the test extra (`pip install -e .[test]`: torch and timm); without it the
+The torch modes need the test extra (`pip install -e .[test]`: torch and timm); without it the
 torch rows are skipped with a note.
 
 What one iteration is. jdd: `jdd.methods.tm_vl.make_step` with the student loss of
@@ -13,13 +13,15 @@ What one iteration is. jdd: `jdd.methods.tm_vl.make_step` with the student loss 
 `tm_vl.outer_optimizer`, built from `configs/{repblend,lors}_flickr.py` (the Flickr-100 cell:
 99 synthetic pairs + low-rank S of rank 10, alpha 3, mini-batch 20, syn_steps 8, 768-d texts,
 WBCE, dropout 0.1, tau 0.07, SGD momentum 0.5) and jitted once, as the driver does; only the
-expert (start, target) pair is fixed instead of read from a store. torch: written here, in the
-style of the references (silicx/LoRS_Distill, zhangxin-xd/RepBlend, princetonvisualai MTT-VL):
-the student is a flat parameter vector per modality run through `torch.func.functional_call`
-(their ReparamModule), unrolled with `torch.autograd.grad(..., create_graph=True)` so the outer
-backward goes through all inner steps (MTT-VL's exact unroll, i.e. the computation of jdd's exact
-mode), then `torch.optim.SGD` with four parameter groups. The NFNet is timm's NormFreeNet (what
-the references use); the projection head is written here. Both sides use the same weights,
+expert (start, target) pair is fixed instead of read from a store. torch
+(`torch_reference.make_tm_iteration`, in the style of silicx/LoRS_Distill, zhangxin-xd/RepBlend
+and princetonvisualai MTT-VL): the student is a flat parameter vector per modality run through
+`torch.func.functional_call` (their ReparamModule); mode `torch` unrolls with
+`torch.autograd.grad(..., create_graph=True)` so the outer backward goes through all inner steps
+(MTT-VL's exact unroll, i.e. the computation of jdd's exact mode), mode `torch_tesla` takes
+TESLA's two passes (the LoRS / RepBlend references, jdd's tesla mode); then `torch.optim.SGD`
+with four parameter groups. The NFNet is timm's NormFreeNet (what the references use); the
+projection head is written there. Both sides use the same weights,
 data, mini-batches and blending draws (jdd's, passed to torch through numpy).
 
 Reduced scale (CPU): images of `--res` px (64 by default, 224 in the papers). `--encoder`:
@@ -57,6 +59,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_reference  # noqa: E402  (the PyTorch loops; imports torch only when called)
 ENCODERS = {
     "tiny2304": dict(depths=(1, 1, 1, 1), channels=(32, 64, 96, 128), stem_chs=16,
                      group_size=8, num_features=2304),
@@ -64,7 +68,6 @@ ENCODERS = {
                  num_features=192),
     "l0": {},
 }
-DATA_KEYS = ("images", "texts", "sim_diag", "sim_left", "sim_right", "lr_image", "lr_text")
 
 
 @dataclasses.dataclass
@@ -131,9 +134,25 @@ def _unraveler(tree):
   return unravel
 
 
-def build_problem(s: Setting) -> dict:
+def problem_meta(s: Setting) -> dict:
+  """What the torch loop needs to know of the problem (config values and shapes; no jax)."""
+  from jdd.methods import lors, repblend, tm_vl
+  spec = {"repblend": repblend.SPEC, "lors": lors.SPEC}[s.which]
+  dc, dropout, tau = distill_config(s)
+  return dict(which=s.which, train_backbone=spec.train_backbone,
+              feature_dim=int(s.encoder.get("num_features", 2304)), text_dim=s.text_dim,
+              dropout=dropout, tau=tau, syn_steps=int(dc.syn_steps),
+              mini_batch=int(dc.mini_batch), sim_alpha=float(dc.sim_alpha),
+              sim_rank=int(dc.sim_rank), merge=bool(dc.merge_branches), blend=bool(dc.blend),
+              encoder=s.encoder, lr_img=float(dc.lr_img), lr_txt=float(dc.lr_txt),
+              lr_lr=float(dc.lr_lr), lr_sim=float(dc.lr_sim), momentum=float(dc.momentum),
+              n=tm_vl.num_synthetic(dc, spec), res=s.res)
+
+
+def build_problem(s: Setting, torch_arrays: bool = True) -> dict:
   """Model, weights, distilled state, expert pair and per-iteration schedule (deterministic in
-  s.seed), plus the numpy arrays the torch loop needs (`arrays`, torch names and layouts)."""
+  s.seed), plus (`torch_arrays`) the numpy arrays the torch loop needs (`arrays`, torch names
+  and layouts)."""
   import jax
   import jax.numpy as jnp
   from jdd import models
@@ -175,11 +194,17 @@ def build_problem(s: Setting) -> dict:
   texts = rng.standard_normal((n, s.text_dim), np.float32)
   params = tm_vl.init_params(dc, spec, jax.random.key(s.seed + 2), images, texts)
 
-  flat = {m: _ravel(theta0[m]) for m in tm_vl.MODALITIES}
-  unravels = {m: _unraveler(theta0[m]) for m in tm_vl.MODALITIES}
+  flat = {m: _ravel(theta0[m]) for m in trajectory.MODALITIES}
+  unravels = {m: _unraveler(theta0[m]) for m in trajectory.MODALITIES}
   batch = {"start": {m: jnp.asarray(v) for m, v in flat.items()},
-           "target": {m: jnp.asarray(_ravel(target[m])) for m in tm_vl.MODALITIES}}
+           "target": {m: jnp.asarray(_ravel(target[m])) for m in trajectory.MODALITIES}}
   key_step = jax.random.key(s.seed + 3)
+
+  problem = dict(model=model, spec=spec, dc=dc, variables=variables, params=params,
+                 batch=batch, unravels=unravels, key_step=key_step, meta=problem_meta(s),
+                 num_student_params={m: int(flat[m].size) for m in flat})
+  if not torch_arrays:
+    return problem
 
   # The per-iteration draws exactly as make_step derives them from its rng (jitted once).
   steps, b = int(dc.syn_steps), int(dc.mini_batch)
@@ -212,15 +237,7 @@ def build_problem(s: Setting) -> dict:
                 sim_right=np.asarray(params["sim"]["right"]),
                 lr_image=np.float32(params["lr_image"]), lr_text=np.float32(params["lr_text"]),
                 idx=np.stack(idx), lam=np.stack(lam), perm=np.stack(perm))
-  meta = dict(which=s.which, train_backbone=spec.train_backbone, feature_dim=feat,
-              text_dim=s.text_dim, dropout=dropout, tau=tau, syn_steps=steps, mini_batch=b,
-              sim_alpha=float(dc.sim_alpha), sim_rank=int(dc.sim_rank),
-              merge=bool(dc.merge_branches), blend=bool(dc.blend), encoder=s.encoder,
-              lr_img=float(dc.lr_img), lr_txt=float(dc.lr_txt), lr_lr=float(dc.lr_lr),
-              lr_sim=float(dc.lr_sim), momentum=float(dc.momentum), n=n, res=s.res)
-  return dict(model=model, spec=spec, dc=dc, variables=variables, params=params, batch=batch,
-              unravels=unravels, key_step=key_step, arrays=arrays, meta=meta,
-              num_student_params={m: int(flat[m].size) for m in flat})
+  return {**problem, "arrays": arrays}
 
 
 def run_jdd(problem: dict, mode: str, iters: int, warmup: int = 1) -> dict:
@@ -270,134 +287,16 @@ def run_jdd(problem: dict, mode: str, iters: int, warmup: int = 1) -> dict:
 
 
 # ------------------------------------------------------------------------ torch side
-def _nfnet_cfg(encoder: dict):
-  """timm's NfCfg for jdd NFNet kwargs (the options jdd's defaults share with nfnet_l0)."""
-  from timm.models.nfnet import NfCfg
-  return NfCfg(depths=tuple(encoder["depths"]), channels=tuple(encoder["channels"]),
-               stem_type="deep_quad", stem_chs=encoder["stem_chs"],
-               group_size=encoder["group_size"], bottle_ratio=0.25, extra_conv=True,
-               num_features=encoder["num_features"], act_layer="silu", attn_layer="se",
-               attn_kwargs=dict(rd_ratio=0.25, rd_divisor=8))
-
-
 def run_torch(arrays: dict, meta: dict, iters: int, warmup: int = 1,
-              threads: int | None = None, float64: bool = False) -> dict:
-  """The reference-style loop (module docstring); same return fields as `run_jdd`.
-
-  `float64=True` runs it in double precision: the parity check's yardstick for how far two
-  float32 computations of this loss may differ by rounding alone.
-  """
+              threads: int | None = None, float64: bool = False, grad_mode: str = "exact"
+              ) -> dict:
+  """The reference-style loop (`torch_reference.make_tm_iteration`); same return fields as
+  `run_jdd`. `float64=True` runs it in double precision: the parity check's yardstick for how
+  far two float32 computations of this loss may differ by rounding alone."""
   import torch
-  import torch.nn.functional as F
-  from torch import nn
-  from torch.func import functional_call
-  torch.set_num_threads(threads or os.cpu_count() or 1)
-  dtype = torch.float64 if float64 else torch.float32
-
-  def tensor(name):
-    return torch.tensor(np.array(arrays[name]), dtype=dtype)   # a copy: SGD updates in place
-
-  class Head(nn.Module):
-    """Linear -> GELU -> Linear -> Dropout -> + projection -> LayerNorm (the references'
-    ProjectionHead, same parameter names)."""
-
-    def __init__(self, d_in, d_out, p):
-      super().__init__()
-      self.projection = nn.Linear(d_in, d_out)
-      self.fc = nn.Linear(d_out, d_out)
-      self.p = p
-      self.layer_norm = nn.LayerNorm(d_out, eps=1e-5)
-
-    def forward(self, x):
-      projected = self.projection(x)
-      h = F.dropout(self.fc(F.gelu(projected)), self.p, self.training)
-      return self.layer_norm(h + projected)
-
-  def load(module, prefix):
-    with torch.no_grad():
-      for name, p in module.named_parameters():
-        p.copy_(tensor(prefix + name).reshape(p.shape))
-    return module.to(dtype)
-
-  if meta["encoder"]:
-    from timm.models.nfnet import NormFreeNet
-    backbone = NormFreeNet(_nfnet_cfg(meta["encoder"]), num_classes=0)
-  else:
-    import timm
-    backbone = timm.create_model("nfnet_l0", pretrained=False, num_classes=0)
-  load(backbone, "bb.")
-  feat, joint = meta["feature_dim"], meta["feature_dim"]
-  students = {"text": Head(meta["text_dim"], joint, meta["dropout"]).train()}
-  if meta["train_backbone"]:
-    students["image"] = backbone.train()       # LoRS: the whole NFNet is the student
-  else:
-    backbone.eval().requires_grad_(False)       # RepBlend: frozen, only its input has a grad
-    students["image"] = Head(feat, joint, meta["dropout"]).train()
-  layout = {m: [(k, p.shape) for k, p in mod.named_parameters()] for m, mod in students.items()}
-
-  def flat(prefix, m):
-    return torch.cat([tensor(f"{prefix}.{m}.{k}").reshape(-1) for k, _ in layout[m]])
-
-  def views(m, vec):
-    out, i = {}, 0
-    for k, shape in layout[m]:
-      size = int(np.prod(shape))
-      out[k] = vec[i:i + size].view(shape)
-      i += size
-    return out
-
-  start = {m: flat("start", m) for m in students}
-  target = {m: flat("target", m) for m in students}
-  den = {m: torch.sum((start[m] - target[m]) ** 2) for m in students}
-  if meta["merge"]:
-    den = {m: den["image"] + den["text"] for m in students}
-  leaf = {k: tensor(k).requires_grad_(True) for k in DATA_KEYS}
+  iteration, leaf = torch_reference.make_tm_iteration(arrays, meta, threads=threads,
+                                                      float64=float64, grad_mode=grad_mode)
   init = {k: v.detach().clone().numpy() for k, v in leaf.items()}
-  opt = torch.optim.SGD([
-      {"params": [leaf["images"]], "lr": meta["lr_img"]},
-      {"params": [leaf["texts"]], "lr": meta["lr_txt"]},
-      {"params": [leaf["lr_image"], leaf["lr_text"]], "lr": meta["lr_lr"]},
-      {"params": [leaf["sim_diag"], leaf["sim_left"], leaf["sim_right"]],
-       "lr": meta["lr_sim"]}], lr=meta["lr_img"], momentum=meta["momentum"])
-  scale = float(np.exp(np.float32(np.log(1.0 / meta["tau"]))))
-  ratio = meta["sim_alpha"] / meta["sim_rank"]
-
-  def wbce(logits, target_sim):
-    p = torch.sigmoid(logits)
-    loss = -target_sim * torch.log(p + 1e-6) - (1 - target_sim) * torch.log(1 - p + 1e-6)
-    pos = (target_sim > 0.5).detach()
-    return 0.5 * (torch.sum(loss * pos) / (pos.sum() + 1e-6)
-                  + torch.sum(loss * ~pos) / ((~pos).sum() + 1e-6))
-
-  def iteration(it):
-    idx = torch.from_numpy(np.asarray(arrays["idx"][it], np.int64))
-    theta = {m: start[m].clone().requires_grad_(True) for m in students}
-    lrs = {"image": leaf["lr_image"], "text": leaf["lr_text"]}
-    for k in range(meta["syn_steps"]):
-      b = idx[k]
-      x, t = leaf["images"][b], leaf["texts"][b]
-      if meta["train_backbone"]:
-        u = functional_call(backbone, views("image", theta["image"]), (x,))
-      else:
-        f = backbone(x)
-        if meta["blend"]:
-          lam = float(arrays["lam"][it][k])
-          perm = torch.from_numpy(np.asarray(arrays["perm"][it][k], np.int64))
-          f, t = lam * f + (1 - lam) * f[perm], lam * t + (1 - lam) * t[perm]
-        u = functional_call(students["image"], views("image", theta["image"]), (f,))
-      v = functional_call(students["text"], views("text", theta["text"]), (t,))
-      logits = scale * (F.normalize(u, dim=1, eps=0.0) @ F.normalize(v, dim=1, eps=0.0).T)
-      sim = (torch.diag(leaf["sim_diag"][b])
-             + leaf["sim_left"][b] @ leaf["sim_right"][b].T * ratio)
-      inner = wbce(logits, sim)
-      grads = torch.autograd.grad(inner, [theta["image"], theta["text"]], create_graph=True)
-      theta = {m: theta[m] - lrs[m] * g for m, g in zip(("image", "text"), grads)}
-    loss = sum(torch.sum((theta[m] - target[m]) ** 2) / den[m] for m in students)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
-
   base_rss = _rss_mib()
   times, cpu, loss0, update0 = [], [], None, None
   for it in range(warmup + iters):
@@ -409,7 +308,8 @@ def run_torch(arrays: dict, meta: dict, iters: int, warmup: int = 1,
       loss0 = loss
       update0 = {k: v.detach().numpy() - init[k] for k, v in leaf.items()}
       update0["images"] = update0["images"].transpose(0, 2, 3, 1)
-  return dict(mode="torch", loss0=loss0, update0=update0, compile_s=0.0, times=times[warmup:],
+  return dict(mode="torch" if grad_mode == "exact" else "torch_tesla", loss0=loss0,
+              update0=update0, compile_s=0.0, times=times[warmup:],
               median_s=statistics.median(times[warmup:]), cpu_s=statistics.median(cpu[warmup:]),
               memory_analysis=None,
               base_rss_mib=base_rss, peak_rss_mib=_rss_mib(), torch=torch.__version__,
@@ -450,12 +350,13 @@ def _worker(args) -> None:
   s = Setting(**json.loads(args.setting))
   if args.worker == "parity":
     out = parity(s)
-  elif args.worker == "torch":
+  elif args.worker in ("torch", "torch_tesla"):
     with np.load(args.problem) as z:
       arrays = {k: z[k] for k in z.files}
     with open(args.problem + ".json") as f:
       meta = json.load(f)
-    out = run_torch(arrays, meta, iters=args.iters)
+    out = run_torch(arrays, meta, iters=args.iters,
+                    grad_mode="exact" if args.worker == "torch" else "tesla")
   else:
     problem = build_problem(s)
     out = run_jdd(problem, args.worker, iters=args.iters)
@@ -504,7 +405,7 @@ def main() -> None:
     import torch  # noqa: F401
   except ImportError:
     print("torch/timm not installed (pip install -e .[test]): torch rows skipped")
-    modes = [m for m in modes if m != "torch"]
+    modes = [m for m in modes if not m.startswith("torch")]
   print(f"load average {os.getloadavg()}; {os.cpu_count()} CPUs; res {args.res}, pairs "
         f"{args.pairs}, encoder {args.encoder} {ENCODERS[args.encoder] or '(nfnet_l0)'}")
   rows = []
@@ -513,6 +414,7 @@ def main() -> None:
       s = Setting(which=which, res=args.res, pairs=args.pairs, syn_steps=args.syn_steps,
                   encoder=dict(ENCODERS[args.encoder]), iters=args.iters + 1)
       setting = json.dumps(dataclasses.asdict(s))
+      torch_modes = [m for m in modes if m.startswith("torch")]
       if "torch" in modes and not args.no_parity:
         par = _spawn(["--worker", "parity", "--setting", setting])
         print(f"[{which}] parity, 1 iteration at dropout 0: trajectory loss jdd exact "
@@ -524,7 +426,7 @@ def main() -> None:
         print(f"[{which}] outer-update rel. diff jdd exact vs torch (torch float32 vs float64): "
               + ", ".join(f"{k} {v:.1e} ({par['update_rel_diff_torch_torch64'][k]:.1e})"
                           for k, v in par["update_rel_diff_exact_torch"].items()), flush=True)
-      if "torch" in modes:
+      if torch_modes:
         problem = build_problem(s)
         path = os.path.join(work, f"{which}.npz")
         np.savez(path, **problem["arrays"])
@@ -533,7 +435,7 @@ def main() -> None:
         del problem
       for mode in modes:
         argv = ["--worker", mode, "--setting", setting, "--iters", str(args.iters)]
-        r = _spawn(argv + (["--problem", path] if mode == "torch" else []))
+        r = _spawn(argv + (["--problem", path] if mode in torch_modes else []))
         rows.append((which, mode, r))
         print(f"[{which}] {mode}: {r['median_s']:.3f} s/iteration, CPU {r['cpu_s']:.3f} s "
               f"(medians of {args.iters}; compile {r['compile_s']:.1f} s), peak RSS {r['peak_rss_mib']:.0f} MiB "
@@ -544,10 +446,12 @@ def main() -> None:
         "RSS added jdd/torch |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for which, mode, r in rows:
-    ref = next((q for w, m, q in rows if w == which and m == "torch"), None)
+    ref_mode = "torch_tesla" if mode == "tesla" and any(
+        w == which and m == "torch_tesla" for w, m, _ in rows) else "torch"
+    ref = next((q for w, m, q in rows if w == which and m == ref_mode), None)
     added = r["peak_rss_mib"] - r["base_rss_mib"]
     ratio_t = ratio_c = ratio_m = "-"
-    if ref is not None and mode != "torch":
+    if ref is not None and not mode.startswith("torch"):
       ratio_t = f"{r['median_s'] / ref['median_s']:.2f}"
       ratio_c = f"{r['cpu_s'] / ref['cpu_s']:.2f}"
       ref_added = ref["peak_rss_mib"] - ref["base_rss_mib"]

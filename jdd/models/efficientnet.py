@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from jdd.models.bn import BatchNorm
 from jdd.models.convnet import torch_default_bias_init, torch_default_kernel_init, torch_linear
 from jdd.models.resnet import kaiming_fan_out
+from jdd.models.shifted import DepthwiseConv
 from jdd.models.torch_names import default_torch_key
 
 VARIANTS = ("torchvision", "cifar")
@@ -88,7 +89,10 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.
 
 def _conv(features: int, kernel: int, stride: int, pad: int, *, groups: int = 1,
           bias: bool = False, init: Callable, bias_init: Callable = nn.initializers.zeros,
-          dtype: Any, name: str) -> nn.Conv:
+          dtype: Any, name: str) -> nn.Module:
+  if groups > 1 and groups == features and not bias:   # depthwise: jdd.models.shifted
+    return DepthwiseConv(features, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)),
+                         kernel_init=init, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=bias,
                  kernel_init=init, bias_init=bias_init, dtype=dtype, name=name)

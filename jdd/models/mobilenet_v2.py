@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from jdd.models.bn import BatchNorm
 from jdd.models.convnet import torch_default_kernel_init, torch_linear
 from jdd.models.resnet import kaiming_fan_out
+from jdd.models.shifted import DepthwiseConv
 from jdd.models.torch_names import default_torch_key
 
 VARIANTS = ("torchvision", "cifar")
@@ -74,9 +75,13 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
 
 
 def conv(features: int, kernel: int, stride: int, groups: int, init: Any, dtype: Any,
-         name: str) -> nn.Conv:
-  """Bias-free conv with torch's symmetric padding (kernel - 1) // 2."""
+         name: str) -> nn.Module:
+  """Bias-free conv with torch's symmetric padding (kernel - 1) // 2 (depthwise when groups ==
+  features: `jdd.models.shifted`, fast on XLA-CPU)."""
   pad = (kernel - 1) // 2
+  if groups > 1 and groups == features:
+    return DepthwiseConv(features, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)),
+                         kernel_init=init, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
                  kernel_init=init, dtype=dtype, name=name)

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdd.models import shifted
 from jdd.models.bn import BatchNorm
 from jdd.models.convnet import torch_linear
 from jdd.models.torch_names import default_torch_key
@@ -102,9 +103,9 @@ class Bottleneck(nn.Module):
 
 
 def max_pool_torch(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
-  """torch MaxPool2d: explicit -inf padding, so a padded cell never wins against negatives."""
-  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
-  return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+  """torch MaxPool2d: explicit -inf padding, so a padded cell never wins against negatives
+  (`jdd.models.shifted.max_pool`: shifted slices on XLA-CPU, gradient to the first maximum)."""
+  return shifted.max_pool(x, window, stride, pad)
 
 
 class ResNet(nn.Module):

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 from jdd.models.bn import BatchNorm
 from jdd.models.convnet import torch_default_kernel_init, torch_linear
 from jdd.models.resnet import max_pool_torch
+from jdd.models.shifted import DepthwiseConv
 from jdd.models.torch_names import default_torch_key
 
 VARIANTS = ("torchvision", "cifar")
@@ -76,9 +77,14 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
   return jnp.swapaxes(x, -1, -2).reshape(*lead, c)
 
 
-def conv(features: int, kernel: int, stride: int, groups: int, dtype: Any, name: str) -> nn.Conv:
-  """Bias-free conv, torch padding (kernel - 1) // 2, torch's default (kaiming-uniform) init."""
+def conv(features: int, kernel: int, stride: int, groups: int, dtype: Any,
+         name: str) -> nn.Module:
+  """Bias-free conv, torch padding (kernel - 1) // 2, torch's default (kaiming-uniform) init
+  (depthwise when groups == features: `jdd.models.shifted`, fast on XLA-CPU)."""
   pad = (kernel - 1) // 2
+  if groups > 1 and groups == features:
+    return DepthwiseConv(features, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)),
+                         kernel_init=torch_default_kernel_init, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
                  kernel_init=torch_default_kernel_init, dtype=dtype, name=name)

@@ -111,15 +111,39 @@ class Upsample2D(nn.Module):
     return conv(self.channels, 3, "conv", dtype=self.dtype)(x)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int) -> jax.Array:
-  """Multi-head softmax(q k^T / sqrt(d)) v on (B, L, heads*d) inputs, in float32."""
-  b, lq, inner = q.shape
-  d = inner // heads
-  split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).astype(jnp.float32)
-  scores = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k)) / np.sqrt(d)
+# Queries per attention block: the (B, heads, block, L_k) scores of one block are all that is
+# ever held (1 GB at L = 4096, i.e. 512-px SD latents, batch 2, 8 heads if held whole).
+ATTENTION_BLOCK = 1024
+
+
+def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
   probs = jax.nn.softmax(scores, axis=-1)
-  out = jnp.einsum("bhqk,bkhd->bqhd", probs, split(v))
-  return out.reshape(b, lq, inner).astype(q.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int) -> jax.Array:
+  """Multi-head softmax(q k^T / sqrt(d)) v on (B, L, heads*d) inputs, in float32.
+
+  Memory-efficient, as torch's scaled_dot_product_attention (which diffusers calls) is: the
+  queries go in blocks of at most ATTENTION_BLOCK, one after another (`lax.map`), and each block
+  is rematerialised (`jax.checkpoint`), so the backward pass recomputes a block's scores instead
+  of keeping every layer's (B, heads, L_q, L_k) probabilities alive from the forward. Each query
+  row is the same computation as unblocked.
+  """
+  b, lq, inner = q.shape
+  d, dtype = inner // heads, q.dtype
+  split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).astype(jnp.float32)
+  q, k, v = split(q), split(k), split(v)
+  block = jax.checkpoint(_attention_block)
+  size = max(n for n in range(1, min(lq, ATTENTION_BLOCK) + 1) if lq % n == 0)
+  if size == lq:
+    out = block(q, k, v)
+  else:
+    chunks = jnp.moveaxis(q.reshape(b, lq // size, size, heads, d), 1, 0)
+    out = jax.lax.map(lambda qc: block(qc, k, v), chunks)
+    out = jnp.moveaxis(out, 0, 1)
+  return out.reshape(b, lq, inner).astype(dtype)
 
 
 class Attention(nn.Module):
