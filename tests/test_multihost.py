@@ -156,3 +156,27 @@ def test_kill9_one_process_mid_recover_stops_the_other_then_resumes(tmp_path):
   assert r.returncode == 0, r.stdout[-3000:]
   assert "[p0] [recover_round00000] resuming from checkpoint at step" in r.stdout
   _assert_same_export(workdir, reference)
+
+
+@pytest.mark.slow
+def test_repblend_two_processes_export_what_one_process_exports(tmp_path):
+  """RepBlend's smoke run (encoder pre-training, experts, distillation, retrieval evaluation)
+  as 2 processes x 1 device and as 1 process x 2 devices: the same export, bit for bit."""
+  config = os.path.join(ROOT, "configs", "repblend_shapes.py") + ":smoke"
+  w1, w2 = str(tmp_path / "one"), str(tmp_path / "two")
+  one = subprocess.Popen([sys.executable, "-m", "jdd.main", "--config", config, "--workdir", w1],
+                         cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+  two = subprocess.run([sys.executable, "-m", "jdd.launch", "--processes", "2", "--",
+                        "--config", config, "--workdir", w2], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=1800)
+  out1, _ = one.communicate(timeout=1800)
+  assert one.returncode == 0, out1[-3000:]
+  assert two.returncode == 0, two.stdout[-3000:]
+  names = sorted(n for n in os.listdir(os.path.join(w1, "export")) if n.endswith(".npy"))
+  assert names == sorted(n for n in os.listdir(os.path.join(w2, "export")) if n.endswith(".npy"))
+  assert "images.npy" in names
+  for name in names:
+    np.testing.assert_array_equal(np.load(os.path.join(w1, "export", name)),
+                                  np.load(os.path.join(w2, "export", name)), err_msg=name)
+  assert _numbers(w1) == _numbers(w2)
