@@ -203,6 +203,9 @@ def test_every_variant_key_survives_smoke(path):
       assert tuple(c.evaluate.baselines) == (f"random_{n}",)
     elif key == "grad_mode":
       assert load_config(path + ":grad_mode=exact,smoke").distill.grad_mode == "exact"
+    elif key == "protocol":
+      for name in ("lors", "mttvl", "edge"):
+        assert load_config(path + f":protocol={name},smoke").evaluate.protocol == name
     else:  # a switch (plus, dynamic, reference, trained_backbone): it must change the config
       assert load_config(path + f":{key},smoke").to_dict() != smoke, key
 
