@@ -41,8 +41,12 @@ def _single(workdir: str) -> list[str]:
 
 
 def _numbers(workdir: str) -> dict:
-  results = json.load(open(os.path.join(workdir, "results.json")))
-  return {k: v for k, v in results.items() if not k.endswith("_this_process")}
+  """results.json without the timings (`*_this_process`, at any depth)."""
+  def strip(x):
+    if isinstance(x, dict):
+      return {k: strip(v) for k, v in x.items() if not k.endswith("_this_process")}
+    return x
+  return strip(json.load(open(os.path.join(workdir, "results.json"))))
 
 
 def _assert_same_export(a: str, b: str) -> None:
