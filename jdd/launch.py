@@ -9,9 +9,9 @@ JAX's distributed runtime, `jdd.distributed`, with gloo for the CPU collectives)
 spans all N x devices-per-process devices. Their output is streamed line by line with a
 `[pI]` prefix. When a process fails (a non-zero status, or a signal such as kill -9), the
 launcher says which, stops the others (SIGTERM, then SIGKILL after `--grace` seconds) and exits
-with that process's status (1 for a signal); it exits 0 when all finish cleanly. Ctrl-C is
-passed on to every process. The same command after a failure resumes the run from its last
-complete checkpoint.
+with that process's status (1 for a signal); it exits 0 when all finish cleanly. Ctrl-C (and
+SIGTERM) to the launcher is passed on to every process. The same command after a failure
+resumes the run from its last complete checkpoint.
 
 On a real cluster nothing of this is needed: the scheduler starts the processes
 (`docs/multihost.md`: SLURM, TPU pods, GKE).
@@ -94,7 +94,7 @@ def launch(processes: int, jdd_args: list[str], devices_per_process: int = 1,
       if p.poll() is None:
         p.send_signal(signum)
 
-  previous = signal.signal(signal.SIGINT, forward)
+  previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
   status = 0
   try:
     while True:
@@ -112,7 +112,8 @@ def launch(processes: int, jdd_args: list[str], devices_per_process: int = 1,
         break
       time.sleep(0.2)
   finally:
-    signal.signal(signal.SIGINT, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
     stop(procs, grace)
     for t in pumps:
       t.join(timeout=5)

@@ -148,6 +148,7 @@ def test_kill9_one_process_mid_recover_stops_the_other_then_resumes(tmp_path):
   assert proc.returncode != 0
   assert f"[launch] process 1 (pid {pids['1']}) was killed by SIGKILL" in text, text[-3000:]
   assert stopped_after < 60, stopped_after
+  print(f"process 0 stopped {stopped_after:.1f} s after the kill of process 1")
   with pytest.raises(ProcessLookupError):  # process 0 is gone too
     os.kill(int(pids["0"]), 0)
   assert not os.path.exists(os.path.join(workdir, "export"))
@@ -160,6 +161,39 @@ def test_kill9_one_process_mid_recover_stops_the_other_then_resumes(tmp_path):
   assert r.returncode == 0, r.stdout[-3000:]
   assert "[p0] [recover_round00000] resuming from checkpoint at step" in r.stdout
   _assert_same_export(workdir, reference)
+
+
+@pytest.mark.slow
+def test_without_launcher_the_survivor_names_the_dead_process(tmp_path):
+  """Two plain `jdd.main` processes (as a cluster scheduler starts them): after kill -9 of
+  process 1 mid-recover, process 0 stops by itself within 60 s with jdd's one-line message."""
+  workdir = str(tmp_path / "w")
+  flags = [f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2"]
+  cmd = _single(workdir) + ["--config.recover.iterations=40", "--config.checkpoint_every=5"]
+  env = _env(1)
+  procs = [subprocess.Popen(cmd + flags + [f"--process_id={i}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  readers = [_Reader(p) for p in procs]
+  marker = os.path.join(workdir, "checkpoints", "recover_round00000", "10")
+  assert _wait_for(lambda: os.path.exists(marker), procs[0], 600), readers[0].text()[-3000:]
+  killed_at = time.monotonic()
+  procs[1].kill()
+  procs[0].wait(timeout=120)
+  stopped_after = time.monotonic() - killed_at
+  readers[0].thread.join(timeout=10)
+  text = readers[0].text()
+  assert procs[0].returncode == 1, text[-3000:]
+  assert "jdd: error: process 0 of 2 stops: process 1 is dead" in text, text[-3000:]
+  assert stopped_after < 60, stopped_after
+  print(f"process 0 stopped {stopped_after:.1f} s after the kill of process 1")
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 @pytest.mark.slow
