@@ -3,8 +3,9 @@
 # `bash scripts/test.sh --all` also runs the tests marked `slow`: parity and squeeze of the
 # full-size DenseNet-121, EfficientNet-B0, ResNet-101, MobileNetV2 x1.0 and ShuffleNetV2 x1.0
 # (minutes of XLA compilation each on 2 cores; the default run covers the same modules at
-# reduced width or depth), the RepBlend and EDGE end-to-end smokes (EDGE on both backends) and
-# the trajectory-matching benchmark's parity check. Every notebook in colabs/ runs in both.
+# reduced width or depth), the RepBlend and EDGE end-to-end smokes (EDGE on both backends), the
+# trajectory-matching benchmark's parity check, the experts on 1 vs 4 (fake CPU) devices and the
+# caption-pipeline and expert benchmarks at tiny size. Every notebook in colabs/ runs in both.
 # Both print the 25 slowest tests, so the CI log shows where the time goes. The suite runs in
 # JDD_TEST_WORKERS processes (default 2; test files are kept whole per process): most of its
 # time is XLA compilation, which uses one core, so two processes halve the wall time.

@@ -1,5 +1,6 @@
 """Expert trajectories and the retrieval evaluator: store, resume, selection, baselines."""
 
+import json
 import os
 
 import jax
@@ -58,13 +59,16 @@ def test_parse_shard():
       experts.parse_shard(bad)
 
 
-def test_train_experts_store_and_snapshots(tmp_path):
+def test_train_experts_store_and_snapshots(tmp_path, capsys):
   model = tiny_model()
   feats, texts, idx = toy_pairs()
   key = jax.random.key(3)
   store = train(model, feats, texts, idx, expert_cfg(), str(tmp_path), key)
   assert store.done() == [0, 1, 2]
-  assert store.epochs == [0, 1, 2]          # keep_epochs=2 of 3 trained
+  assert store.epochs == [0, 1, 2]          # keep_epochs=2 of epochs=3
+  # Only the stored epochs are trained: one program per epoch for the group of three.
+  assert store.meta["info"]["epochs_trained"] == 2
+  assert "step 2/2" in capsys.readouterr().out
   traj = store.trajectory(1)
   sizes = store.meta["sizes"]
   assert traj["image"].shape == (3, sizes["image"]) and traj["text"].shape == (3, sizes["text"])
@@ -82,27 +86,53 @@ def test_train_experts_store_and_snapshots(tmp_path):
     store.snapshot(0, 3)
   # Reopening with other settings is refused instead of mixing trajectories.
   with pytest.raises(ValueError, match="other settings"):
-    train(model, feats, texts, idx, expert_cfg(epochs=4), str(tmp_path), key)
+    train(model, feats, texts, idx, expert_cfg(lr_image=0.2), str(tmp_path), key)
+  # keep_epochs=0 stores and trains every epoch (the references' full run).
+  assert experts.keep_epochs(expert_cfg(keep_epochs=0)) == [0, 1, 2, 3]
+  assert experts.trained_epochs(expert_cfg(keep_epochs=0)) == 3
 
 
 def test_experts_resume_bit_exact_and_sharding(tmp_path):
   model = tiny_model()
   feats, texts, idx = toy_pairs()
   key = jax.random.key(5)
-  ref = train(model, feats, texts, idx, expert_cfg(num_experts=2), str(tmp_path / "ref"), key)
+  cfg = dict(num_experts=2, parallel=1)        # one expert per program: shards give equal bits
+  ref = train(model, feats, texts, idx, expert_cfg(**cfg), str(tmp_path / "ref"), key)
   # Shard 1/2 first, then an interrupted shard 0/2, then a resume: same store, bit for bit.
   work = str(tmp_path / "work")
-  train(model, feats, texts, idx, expert_cfg(num_experts=2, shard="1/2"), work, key)
-  with pytest.raises(SimulatedInterruption):   # 3 steps per epoch: stops inside epoch 2
-    train(model, feats, texts, idx, expert_cfg(num_experts=2, shard="0/2"), work, key,
-          interrupt_after=5)
+  train(model, feats, texts, idx, expert_cfg(**cfg, shard="1/2"), work, key)
+  with pytest.raises(SimulatedInterruption):   # the loop's step is an epoch: stops after 1 of 2
+    train(model, feats, texts, idx, expert_cfg(**cfg, shard="0/2"), work, key,
+          interrupt_after=1)
   assert experts.ExpertStore(os.path.join(work, "experts")).done() == [1]
-  got = train(model, feats, texts, idx, expert_cfg(num_experts=2), work, key)
+  got = train(model, feats, texts, idx, expert_cfg(**cfg), work, key)
   for e in (0, 1):
     for m in ("image", "text"):
       np.testing.assert_array_equal(np.asarray(got.trajectory(e)[m]),
                                     np.asarray(ref.trajectory(e)[m]))
   assert experts.read_speed(got) >= 0
+
+
+def test_vmapped_experts_resume_bit_exact_and_match_one_by_one(tmp_path):
+  """Three experts in one program (vmap over experts, scan over each epoch): a killed and
+  resumed group equals an uninterrupted one bit for bit, and each expert equals the same expert
+  trained alone up to float rounding (vmapped products may round differently)."""
+  model = tiny_model()
+  feats, texts, idx = toy_pairs()
+  key = jax.random.key(7)
+  group = train(model, feats, texts, idx, expert_cfg(parallel=3), str(tmp_path / "g"), key)
+  work = str(tmp_path / "w")
+  with pytest.raises(SimulatedInterruption):
+    train(model, feats, texts, idx, expert_cfg(parallel=3), work, key, interrupt_after=1)
+  assert experts.ExpertStore(os.path.join(work, "experts")).done() == []
+  resumed = train(model, feats, texts, idx, expert_cfg(parallel=3), work, key)
+  alone = train(model, feats, texts, idx, expert_cfg(parallel=1), str(tmp_path / "a"), key)
+  done = json.load(open(os.path.join(work, "experts", "done", "expert002.json")))
+  assert done["experts_per_program"] == 3
+  for e in range(3):
+    for m in ("image", "text"):
+      np.testing.assert_array_equal(resumed.trajectory(e)[m], group.trajectory(e)[m])
+      np.testing.assert_allclose(group.trajectory(e)[m], alone.trajectory(e)[m], atol=1e-5)
 
 
 def test_missing_store_message(tmp_path):

@@ -35,7 +35,17 @@ def base_config() -> ml_collections.ConfigDict:
       max_words=0, max_words_eval=0,
       # shapes_captions only: generate it under `root` (deterministic; reused when present)
       generate=False, root="", generate_seed=0,
-      sizes=ml_collections.ConfigDict(dict(train=2000, val=200, test=200))))
+      sizes=ml_collections.ConfigDict(dict(train=2000, val=200, test=200)),
+      # image reading (jdd.data.pipeline): decoding threads (0: one per CPU) and the MiB of
+      # decoded images a split may keep in memory (it keeps them only if all of them fit)
+      threads=0, cache_mb=512))
+
+  # The references' train transform (jdd.data.randaugment): RandomResizedCrop(scale
+  # (min_scale, 1), bicubic), flip, RandomAugment(num_ops, magnitude) over the op list of
+  # `ops` ('lors': LoRS / MTT-VL's 10 ops; 'repblend': the same without AutoContrast).
+  # Used where experts.augment / distill.init_augment say so.
+  c.train_transform = ml_collections.ConfigDict(dict(
+      ops="lors", num_ops=2, magnitude=5.0, min_scale=0.5, flip=True))
 
   c.text_encoder = ml_collections.ConfigDict(dict(
       path="",           # a Hugging Face BERT folder (bert-base-uncased), or 'minilm' offline
@@ -56,8 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.experts = ml_collections.ConfigDict(dict(
       num_experts=20, epochs=10, batch_size=128, lr_image=0.1, lr_text=0.1, momentum=0.0,
       weight_decay=0.0,
-      keep_epochs=0,     # store epochs 0..keep_epochs (0: all); distillation reads
-                         # 0..max_start_epoch + expert_epochs
+      keep_epochs=0,     # store (and train) epochs 0..keep_epochs (0: all `epochs`);
+                         # distillation reads 0..max_start_epoch + expert_epochs
+      augment=False,     # train on the train transform's pixels (the references' buffers)
+      parallel=0,        # cached features: experts per program (vmap; 0 = as many as fit)
       shard=""))         # 'i/n': this process trains experts i, i+n, ...
 
   # The retrieval evaluator. `protocol` names the reference evaluator whose optimiser and
@@ -94,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=0.0,         # student tau; 0 = model.temperature
       reference_logit_scale=False,  # MTT-VL's log(1/tau) multiplier (research §3.4)
       init="real",             # 'real' pairs | 'noise'
+      init_augment=False,      # real init images through the train transform (reference)
       clamp_lr=0.0,            # > 0: floor for the learned student lrs (reference --clamp_lr)
       eval_every=150, eval_seeds=1))
   c.offline_variant = ""       # printed when the dataset is missing
@@ -297,6 +310,11 @@ def tm_config(method: str, dataset: str, arg, name: str) -> ml_collections.Confi
   # COCO-500 distils at tau 0.1 while experts and evaluation use 0.07 (research §9 #5): kept
   # as the reference, since the experts' trajectories were made at 0.07.
   c.experts.keep_epochs = int(c.distill.max_start_epoch) + int(c.distill.expert_epochs)
+  # The references train their experts on, and start the synthetic images from, augmented
+  # images (train transform; RepBlend's op list lacks AutoContrast). The offline variants do
+  # not: their captions name left/right relations, which a flip would falsify.
+  c.train_transform.ops = "repblend" if method == "repblend" else "lors"
+  c.experts.augment = c.distill.init_augment = dataset != "shapes_captions"
   c.evaluate.baselines = (f"random_{pairs}",)
   if offline:
     apply_offline_tm(c)

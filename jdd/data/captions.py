@@ -27,9 +27,11 @@ Deliberate differences:
 * Paths come only from the config (`ann_dir`, `image_root`); RepBlend overwrote its CLI paths
   with placeholders. jdd never downloads (COCO's reference constructors call `download_url`).
 * A missing file raises `DatasetNotFoundError` listing every missing path and where it goes.
-* Images are loaded on request (`CaptionDataset.load_images`), un-augmented and uncached; the
-  train augmentation (RandomResizedCrop + RandomAugment) belongs to the jittable augmentations,
-  and the references' `lru_cache` of post-augmentation tensors (weakness 12) is not reproduced.
+* Images are read on request: `CaptionDataset.files(split)` is the split's streaming reader
+  (`jdd.data.pipeline.ImageFiles`: per batch, in threads, test or train transform), and
+  `load_images` reads a whole index list at once (small sets only). The train transform
+  (RandomResizedCrop + flip + RandomAugment) is `jdd.data.randaugment`; the references'
+  `lru_cache` of post-augmentation tensors (weakness 12) is not reproduced.
 """
 
 from __future__ import annotations
@@ -215,11 +217,25 @@ class CaptionDataset:
 
   def __init__(self, name: str, ann_dir: str, image_root: str, image_size: int,
                train: TrainPairs, val: EvalSplit, test: EvalSplit,
-               max_words: tuple[int, int]):
+               max_words: tuple[int, int], threads: int = 0, cache_bytes: int | None = None):
     self.name, self.ann_dir, self.image_root = name, ann_dir, image_root
     self.image_size = image_size
     self.train, self.val, self.test = train, val, test
     self.max_words = max_words  # (train, eval), recorded for embedding-cache keys
+    self.threads, self.cache_bytes = int(threads), cache_bytes
+    self._files: dict[str, Any] = {}
+
+  def files(self, split: str):
+    """The split's streaming image reader (`jdd.data.pipeline.ImageFiles`), one per split, so
+    its decoded-image cache (small splits only) is shared by every stage of a run."""
+    from jdd.data import pipeline
+    if split not in self._files:
+      data = self.split(split)
+      cache = pipeline.DEFAULT_CACHE_BYTES if self.cache_bytes is None else self.cache_bytes
+      self._files[split] = pipeline.ImageFiles(
+          [os.path.join(self.image_root, p) for p in data.image_paths], self.image_size,
+          threads=self.threads, cache_bytes=cache)
+    return self._files[split]
 
   def split(self, split: str) -> TrainPairs | EvalSplit:
     if split not in SPLITS:
@@ -293,7 +309,9 @@ def load_caption_dataset(cfg: Any) -> CaptionDataset:
 
   Config fields: `name` ('flickr30k', 'coco' or 'shapes_captions'), `ann_dir`, `image_root`,
   `image_size` (default 224), `reference` ('repblend' or 'lors': picks the word limits),
-  `max_words` / `max_words_eval` (explicit limits, override the reference's).
+  `max_words` / `max_words_eval` (explicit limits, override the reference's), `threads`
+  (image decoding threads, 0: one per CPU) and `cache_mb` (keep a split's decoded images
+  when they fit in this many MiB; default 512, 0 never).
 
   Checks every annotation file, the image root and the first image of every split before
   reading anything large, and reports all problems in one `DatasetNotFoundError`.
@@ -327,9 +345,11 @@ def load_caption_dataset(cfg: Any) -> CaptionDataset:
   if missing:
     raise _not_found(name, missing, how + " (image paths are image_root joined with the JSON "
                      "'image' field)")
+  cache_mb = cfg.get("cache_mb", None) if hasattr(cfg, "get") else getattr(cfg, "cache_mb", None)
   return CaptionDataset(name, ann_dir, image_root, int(_get(cfg, "image_size",
                                                             REFERENCE_IMAGE_SIZE)),
-                        train, val, test, max_words)
+                        train, val, test, max_words, threads=int(_get(cfg, "threads", 0)),
+                        cache_bytes=None if cache_mb is None else int(cache_mb) << 20)
 
 
 def _not_found(name: str, missing: list[str], how: str) -> DatasetNotFoundError:

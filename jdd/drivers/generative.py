@@ -81,14 +81,15 @@ def run(ctx: RunContext) -> dict:
   t = timer()
   enc = image_text.encoders(ctx)
   timings["text_and_encoder"] = t()
-  small = data.train.num_images * data.image_size ** 2 * 3 <= (1 << 29)
-  images_u8 = data.load_images("train", dtype="uint8") if small else None
   if ec.backend == "sd":
     setup = edge_backends.sd_setup(config)
   else:
+    # The offline VAE / U-Net pre-training encodes the whole (small, generated) train split;
+    # fine-tuning and evaluation stream their batches from disk on either backend.
+    images_u8 = data.load_images("train", dtype="uint8")
     setup = edge_backends.offline_setup(ctx, enc.texts, enc.backbone_vars, images_u8, timings)
   t = timer()
-  unet_vars = edge_finetune.finetune(ctx, setup, images_u8)
+  unet_vars = edge_finetune.finetune(ctx, setup)
   timings["finetune"] = t()
   t = timer()
   embed = edge_export.JointImageEmbed(setup, data.image_size) if (

@@ -44,9 +44,9 @@ def run(ctx) -> dict:
   ev = image_text.evaluator(ctx, enc)
   results = image_text.results_header(ctx, enc, ev.model)
   if config.experts.num_experts:
-    store = experts.train_experts(ctx, ev.model, enc.backbone_vars, ev.inputs["train"],
-                                  enc.texts["train"], ctx.data.train.image_index,
-                                  features=ev.features)
+    images, features = image_text.expert_images(ctx, ev)
+    store = experts.train_experts(ctx, ev.model, enc.backbone_vars, images, enc.texts["train"],
+                                  ctx.data.train.image_index, features=features)
     results["experts"] = experts.manifest(store, config.experts)
   if config.method in SPECS:
     store = experts.ExpertStore(os.path.join(ctx.workdir, "experts"))

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from jdd.data import augment as augment_lib
+from jdd.data.pipeline import Rows
 from jdd.evaluation import retrieval_protocols as protocols
 from jdd.evaluation import stats
 from jdd.evaluation.retrieval_metrics import retrieval_metrics, score_matrix
@@ -218,7 +219,9 @@ def train_and_score(model: RetrievalModel, backbone_variables: dict, pairs: Pair
   lr_img, lr_txt = protocols.learning_rates(cfg, pairs.lr_image, pairs.lr_text)
   sim = (np.eye(n, dtype=np.float32) if pairs.similarity is None
          else np.asarray(pairs.similarity, np.float32))
-  images, texts = np.asarray(pairs.images), np.asarray(pairs.texts, np.float32)
+  # Streamed rows (jdd.data.pipeline.Rows) stay lazy: each batch reads its own images.
+  images = pairs.images if isinstance(pairs.images, Rows) else np.asarray(pairs.images)
+  texts = np.asarray(pairs.texts, np.float32)
   points = []
   scored = set(sched.points)
   for epoch in range(sched.epochs_run):

@@ -14,8 +14,9 @@ The text side is always a `ProjectionHead` on precomputed, frozen text-encoder e
 Trainable parameters are `{'image': ..., 'text': ...}` (the two trajectories that trajectory
 matching compares); the frozen backbone's variables are passed separately. With a frozen
 backbone, the image input may be the backbone's pooled features instead of pixels, which is
-how jdd evaluates and trains experts on a CPU: the features of un-augmented images are computed
-once (`encode_features`) instead of on every step. The distillation student passes pixels.
+how jdd evaluates, and trains un-augmented experts: the features of un-augmented images are
+computed once (`feature_encoder`, run over a split by `jdd.data.pipeline.encode_to_file`)
+instead of on every step. The distillation student passes pixels.
 """
 
 from __future__ import annotations
@@ -170,6 +171,13 @@ def encode_features(model: RetrievalModel, backbone_variables: dict, images: np.
       out = np.empty((n, f.shape[-1]), np.float32)
     out[s:s + rows] = f
   return out if out is not None else np.zeros((0, model.feature_dim), np.float32)
+
+
+def feature_encoder(model: RetrievalModel, backbone_variables: dict):
+  """x (normalised NHWC pixels) -> the frozen backbone's pooled features, jitted once per model
+  (what `jdd.data.pipeline.encode_to_file` runs over a split)."""
+  apply = _feature_fn(model)
+  return lambda x: apply(backbone_variables, jnp.asarray(x))
 
 
 _FEATURE_FNS: dict[int, Any] = {}

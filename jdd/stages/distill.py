@@ -23,9 +23,10 @@ import numpy as np
 from jdd import checkpoint, export, reporting
 from jdd.data.captions import CLIP_MEAN, CLIP_STD
 from jdd.evaluation import retrieval
-from jdd.loop import RunContext, fetch_scalars
+from jdd.data import pipeline
+from jdd.loop import RunContext, fetch_scalars, host_rng
 from jdd.methods import tm_vl
-from jdd.models.retrieval import encode_features, normalize_images
+from jdd.models.retrieval import encode_features
 from jdd.objectives.contrastive import similarity_matrix
 from jdd.objectives.trajectory import MODALITIES
 from jdd.stages.image_text import Evaluator
@@ -66,6 +67,18 @@ def _periodic_eval(ctx: RunContext, ev: Evaluator, params: dict, dc, it: int) ->
   return out["summary"]
 
 
+def init_images(ctx: RunContext, rows: np.ndarray, key: jax.Array) -> np.ndarray:
+  """The real images the synthetic set starts from, read through the streaming pipeline: the
+  references' train transform when `distill.init_augment` (their default: only `--no_aug`
+  turns it off), image k's draws seeded from host_rng(key, 3); else the test transform."""
+  files = ctx.data.files("train")
+  if not bool(ctx.config.distill.init_augment):
+    return files.normalized(rows)
+  from jdd.stages.expert_loops import train_transform
+  seeds = pipeline.image_seeds(host_rng(key, 3), len(rows))
+  return files.augmented(rows, seeds, train_transform(ctx.config, files.image_size))
+
+
 def distill_stage(ctx: RunContext, ev: Evaluator, texts: dict, store,
                   spec: tm_vl.MethodSpec) -> tuple[retrieval.PairSet, dict]:
   """Runs (or resumes) the distillation, exports the set; returns its pairs and a summary."""
@@ -85,8 +98,7 @@ def distill_stage(ctx: RunContext, ev: Evaluator, texts: dict, store,
   train = ctx.data.train
   key_init = ctx.keys["distill_init"]
   cap = retrieval.random_pairs(n, train.image_index, key_init)
-  images = normalize_images(ctx.data.load_images("train", train.image_index[cap], dtype="uint8"),
-                            CLIP_MEAN, CLIP_STD)
+  images = init_images(ctx, train.image_index[cap], key_init)
   params = tm_vl.init_params(dc, spec, key_init, images, texts["train"][cap])
   tx = tm_vl.outer_optimizer(dc)
   frozen = None if model.train_backbone else ev.backbone_vars

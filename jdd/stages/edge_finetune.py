@@ -10,9 +10,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jdd.data.captions import load_image
+from jdd.data import pipeline
 from jdd.loop import RunContext, host_rng
 from jdd.methods import edge
 from jdd.stages import edge_backends
@@ -34,8 +33,9 @@ def finetune_steps(config, data) -> int:
   return int(ec.steps) or int(ec.epochs) * max(1, len(data.train) // int(ec.batch_size))
 
 
-def finetune(ctx: RunContext, setup: EdgeSetup, images_u8):
-  """EDGE's fine-tuning on real (image, caption) pairs, checkpointed and resumable."""
+def finetune(ctx: RunContext, setup: EdgeSetup):
+  """EDGE's fine-tuning on real (image, caption) pairs, checkpointed and resumable; each
+  batch's images are read from disk (`jdd.data.pipeline`) while the previous step runs."""
   config, data = ctx.config, ctx.data
   ec = config.edge
   hp = dataclasses.replace(hparams(config), scaling_factor=setup.scaling_factor)
@@ -45,20 +45,21 @@ def finetune(ctx: RunContext, setup: EdgeSetup, images_u8):
   key = ctx.keys["finetune"]
   size = int(ec.finetune_size) or data.image_size
   edge_backends.check_latent_size(setup.models, size)
+  files = data.files("train")
   if size != data.image_size:
-    images_u8 = None
+    files = pipeline.ImageFiles(files.paths, size, threads=files.threads, cache_bytes=0)
 
   def batch_fn(i):
     cap = host_rng(key, 1, i).choice(n, b, replace=False)
-    img_idx = data.train.image_index[cap]
-    imgs = images_u8[img_idx] if images_u8 is not None else np.stack(
-        [load_image(data.image_path("train", int(j)), size, "uint8") for j in img_idx])
+    imgs = files.uint8(data.train.image_index[cap])
     return {"images": jnp.asarray(edge.to_vae_input(imgs, str(ec.vae_input))),
             "input_ids": jnp.asarray(ids_all[cap]), "attention_mask": jnp.asarray(mask_all[cap])}
 
   step = jax.jit(functools.partial(edge.train_step, models=setup.models, hp=hp))
   frozen = jax.tree.map(jnp.asarray, setup.frozen)
   state = edge.init(jax.tree.map(jnp.asarray, setup.unet_vars), hp)
-  state = ctx.loop("edge_finetune", state, lambda s, batch, k: step(s, batch, k, frozen),
-                   batch_fn, finetune_steps(config, data), jax.random.fold_in(key, 0))
+  steps = finetune_steps(config, data)
+  with pipeline.Prefetcher(batch_fn, steps) as ahead:
+    state = ctx.loop("edge_finetune", state, lambda s, batch, k: step(s, batch, k, frozen),
+                     ahead.get, steps, jax.random.fold_in(key, 0))
   return state.unet

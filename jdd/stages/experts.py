@@ -8,6 +8,11 @@ identity targets, tau 0.07; the trainable tensors are snapshotted at the start a
 epoch. RepBlend trains and stores the image and text projection heads, LoRS/MTT-VL the whole image
 encoder and the text head.
 
+Every expert trains on the references' train transform (RandomResizedCrop, flip, RandomAugment;
+`jdd.data.randaugment`) when `experts.augment` is on, as the paper configs of all three methods
+set it: the reference buffers of RepBlend were made on augmented images too (the frozen NFNet
+runs on every augmented batch; research §4, "Expert cost").
+
 jdd differs on purpose (research §4 "Snapshot use", §9):
 
 * **One store, read without reloading.** The reference writes one `.pt` file per expert and
@@ -15,22 +20,28 @@ jdd differs on purpose (research §4 "Snapshot use", §9):
   memory-mapped array per modality, `W/experts/{image,text}.npy` of shape
   (experts, snapshots, parameters), float32, so a distillation run opens the store once and
   reads a trajectory as a slice.
-* **Only the snapshots a config can use.** Distillation only reads epochs 0 .. max_start_epoch
-  + expert_epochs; `experts.keep_epochs` (default: that number + 1) limits the store to them and
-  the manifest says which epochs were kept and how many bytes that saved.
+* **Only the epochs a config can use, stored and trained.** Distillation only reads epochs
+  0 .. max_start_epoch + expert_epochs; `experts.keep_epochs` (the paper configs: that number)
+  limits the store to them, and since SGD at a constant rate never looks ahead, the experts
+  stop training there too (3 of the references' 10 epochs; `keep_epochs=0` trains and stores
+  all `epochs`). The manifest says which epochs were kept and what the rest would have cost.
+* **Cheap frozen-feature experts.** With a frozen backbone and `experts.augment=False`, the
+  backbone's features of un-augmented images are computed once (memory-mapped), and groups of
+  experts train in one program per epoch (`vmap` over experts, `lax.scan` over steps, the
+  expert axis sharded over the devices; `jdd.stages.expert_loops`). This is exact only for
+  un-augmented references (`--no_aug`); it is the switch, not the default of a paper config.
+* **Streaming pixels.** Pixel experts read each batch from disk in threads, prefetched while
+  the previous step runs (`jdd.data.pipeline`); host memory holds a few batches, not a split.
+  Batches are sharded over the mesh's `data` axis.
 * **Resumable and shardable.** A finished expert is marked by `W/experts/done/expertNNN.json`,
-  written after its slice is flushed; an unfinished one resumes from its last epoch checkpoint
-  (each expert is one run of the shared checkpointed loop, `jdd.loop`, checkpointing at the end
-  of every epoch).
-  `experts.shard = 'i/n'` trains every n-th expert starting at i, so n processes (or machines
-  sharing the workdir) fill one store; batches are sharded over the local device mesh. In one
-  multi-process run (`jdd.distributed`) every process trains every expert (the same numbers)
-  and process 0 alone writes the store.
-* **Seeded.** Expert e's heads, data order and dropout come from fold_in(key, e).
-* With a frozen backbone, experts train on the backbone's features of un-augmented images
-  (computed once) rather than re-running the frozen encoder on augmented pixels every step; the
-  reference's train augmentation is therefore off in that mode (a CPU-budget choice, stated in
-  the manifest).
+  written after its rows are flushed (each row is written and flushed after its epoch, before
+  that epoch's checkpoint of the shared loop, `jdd.loop`); an unfinished expert or group
+  resumes from its last epoch checkpoint, bit for bit. `experts.shard = 'i/n'` trains every
+  n-th expert starting at i, so n processes (or machines sharing the workdir) fill one store.
+  In one multi-process run (`jdd.distributed`) process 0 alone writes the store.
+* **Seeded.** Expert e's heads, data order, augmentation and dropout come from fold_in(key, e)
+  (`train_experts`), never from a global random state, so the thread count, prefetching and a
+  resume never change a draw.
 """
 
 from __future__ import annotations
@@ -131,6 +142,20 @@ class ExpertStore:
     checkpoint.atomic_write_json(os.path.join(self.root, "done", f"expert{expert:03d}.json"),
                                  record)
 
+  def write_row(self, expert: int, row: int, flat: dict[str, np.ndarray]) -> None:
+    """Writes one snapshot row of an unfinished expert and flushes it (before the loop's
+    checkpoint of that epoch, so a resumed run finds every row up to its checkpoint)."""
+    for m in MODALITIES if distributed.is_writer() else ():
+      arr = np.load(os.path.join(self.root, f"{m}.npy"), mmap_mode="r+")
+      arr[expert, row] = np.asarray(flat[m], np.float32)
+      arr.flush()
+      del arr
+
+  def finish(self, expert: int, record: dict) -> None:
+    """Marks an expert whose rows are all written (`write_row`) as done."""
+    checkpoint.atomic_write_json(os.path.join(self.root, "done", f"expert{expert:03d}.json"),
+                                 record)
+
   def trajectory(self, expert: int) -> dict[str, np.ndarray]:
     """{modality: (snapshots, parameters)} read-only views of one expert (no copy)."""
     if expert not in set(self.done()):
@@ -175,99 +200,6 @@ def _diff(old: dict, new: dict) -> str:
   return "differs in " + ", ".join(sorted(keys))
 
 
-def keep_epochs(cfg) -> list[int]:
-  """Epochs whose snapshots are stored: 0 .. keep (clipped to the training length)."""
-  keep = int(cfg.keep_epochs) if cfg.keep_epochs else int(cfg.epochs)
-  return list(range(0, min(keep, int(cfg.epochs)) + 1))
-
-
-def train_experts(ctx: RunContext, model: RetrievalModel, backbone_variables: dict,
-                  images: np.ndarray, texts: np.ndarray, image_index: np.ndarray, *,
-                  features: bool) -> ExpertStore:
-  """Trains this process's shard of `experts.num_experts` experts into `W/experts`.
-
-  `images` holds one input per train image (pixels or frozen features), `texts` one embedding
-  per train caption and `image_index` the image of each caption. Fields of `ctx.config.experts`:
-  num_experts, epochs, batch_size, lr_image, lr_text, momentum, weight_decay, keep_epochs,
-  shard. Expert e's key E = fold_in(keys['experts'], e) gives its heads (fold_in(E, 0)), the
-  data order of epoch k (fold_in(E, 1 + k)) and step s's key (fold_in(fold_in(E, 2), s)).
-  """
-  cfg, key = ctx.config.experts, ctx.keys["experts"]
-  root = os.path.join(ctx.workdir, "experts")
-  template = model.init(jax.random.key(0), backbone_variables, texts.shape[-1])
-  epochs_kept = keep_epochs(cfg)
-  store = ExpertStore.create(
-      root, int(cfg.num_experts), epochs_kept,
-      {m: template[m] for m in MODALITIES},
-      {"loss": "infonce", "epochs_trained": int(cfg.epochs), "batch_size": int(cfg.batch_size),
-       "lr_image": float(cfg.lr_image), "lr_text": float(cfg.lr_text),
-       "momentum": float(cfg.momentum), "weight_decay": float(cfg.weight_decay),
-       "inputs": "frozen-backbone features of un-augmented images" if features else "pixels"})
-  shard_i, shard_n = parse_shard(cfg.shard)
-  frozen = None if model.train_backbone else backbone_variables
-  opt, train_step = compiled_train_step(model, loss="infonce", features=features,
-                                        weight_decay=float(cfg.weight_decay),
-                                        momentum=float(cfg.momentum))
-  n = len(texts)
-  b = int(cfg.batch_size)
-  if n < b:
-    raise ValueError(f"expert batch size {b} exceeds the {n} train pairs (drop_last would leave "
-                     "no batch); lower experts.batch_size")
-  per_epoch = n // b  # drop_last, as the reference's DataLoader
-  texts = np.asarray(texts, np.float32)
-  image_index = np.asarray(image_index)
-  total = int(cfg.epochs) * per_epoch
-  target = jnp.eye(b, dtype=jnp.float32)
-  lrs = (jnp.float32(cfg.lr_image), jnp.float32(cfg.lr_text))
-
-  def step_fn(state, batch, rng):
-    params, opt_state, value = train_step(state["params"], state["opt"], frozen,
-                                          batch["images"], batch["texts"], target, rng, *lrs)
-    loss_sum = value if batch["i"] == 0 else state["loss_sum"] + value
-    return ({**state, "params": params, "opt": opt_state, "loss_sum": loss_sum},
-            {"loss": loss_sum / (batch["i"] + 1)})   # the epoch's mean so far
-
-  for e in range(shard_i, int(cfg.num_experts), shard_n):
-    if e in store.done():
-      continue
-    ekey = jax.random.fold_in(key, e)
-    params = model.init(jax.random.fold_in(ekey, 0), backbone_variables, texts.shape[-1])
-    snaps = {m: np.zeros((len(epochs_kept), store.meta["sizes"][m]), np.float32)
-             for m in MODALITIES}
-    state = {"params": params, "opt": opt.init(params), "loss_sum": jnp.float32(0.0),
-             "snaps": {m: _set_row(snaps[m], 0, params[m]) for m in MODALITIES}}
-    orders = {}
-
-    def batch_fn(s, ekey=ekey, orders=orders):
-      epoch, i = divmod(s, per_epoch)
-      if epoch not in orders:
-        orders.clear()
-        orders[epoch] = np.asarray(jax.random.permutation(jax.random.fold_in(ekey, 1 + epoch), n))
-      idx = orders[epoch][i * b:(i + 1) * b]
-      return {"images": jnp.asarray(images[image_index[idx]]), "texts": jnp.asarray(texts[idx]),
-              "i": i}
-
-    def snapshot(done, state):
-      epoch = done // per_epoch
-      if done % per_epoch or epoch not in epochs_kept:
-        return state
-      return {**state, "snaps": {m: _set_row(state["snaps"][m], epochs_kept.index(epoch),
-                                              state["params"][m]) for m in MODALITIES}}
-
-    state = ctx.loop(f"expert{e:03d}", state, step_fn, batch_fn, total,
-                     jax.random.fold_in(ekey, 2), checkpoint_every=per_epoch,
-                     log_every=per_epoch, after_step=snapshot)
-    store.write(e, {m: np.asarray(state["snaps"][m]) for m in MODALITIES},
-                {"expert": e, "final_epoch_loss": float(state["loss_sum"]) / per_epoch})
-  return ExpertStore(root)
-
-
-def _set_row(table: np.ndarray, row: int, tree) -> np.ndarray:
-  table = np.array(table, copy=True)
-  table[row] = np.asarray(ravel_pytree(tree)[0], np.float32)
-  return table
-
-
 def read_speed(store: ExpertStore, expert: int = 0, repeats: int = 5) -> float:
   """Seconds to read one expert's whole stored trajectory into memory (the benchmark figure)."""
   import time
@@ -281,11 +213,76 @@ def read_speed(store: ExpertStore, expert: int = 0, repeats: int = 5) -> float:
 
 
 def manifest(store: ExpertStore, cfg) -> dict:
-  """The experts' entry of results.json: what was stored, and what storing every epoch would
-  have cost."""
+  """The experts' entry of results.json: what was stored and trained, and what storing and
+  training every one of `experts.epochs` would have cost."""
   per_snapshot = sum(store.meta["sizes"].values()) * 4
   full = store.num_experts * (int(cfg.epochs) + 1) * per_snapshot
+  records = [checkpoint.read_json(os.path.join(store.root, "done", f"expert{e:03d}.json"))
+             for e in store.done()]
   return {"num_experts": store.num_experts, "finished": len(store.done()),
-          "epochs_stored": store.epochs, "epochs_trained": int(cfg.epochs),
+          "epochs_stored": store.epochs, "epochs_trained": store.meta["info"]["epochs_trained"],
+          "epochs_configured": int(cfg.epochs),
           "parameters_per_snapshot": store.meta["sizes"], "store_bytes": store.nbytes(),
-          "bytes_if_every_epoch_were_stored": full, "inputs": store.meta["info"]["inputs"]}
+          "bytes_if_every_epoch_were_stored": full, "inputs": store.meta["info"]["inputs"],
+          "experts_per_program": sorted({r.get("experts_per_program", 1) for r in records})}
+
+
+# ------------------------------------------------------------------------------ training
+def keep_epochs(cfg) -> list[int]:
+  """Epochs whose snapshots are stored: 0 .. keep_epochs (clipped to `epochs`); keep_epochs 0
+  stores every epoch. Experts train only up to the last stored epoch (`trained_epochs`)."""
+  keep = int(cfg.keep_epochs) if cfg.keep_epochs else int(cfg.epochs)
+  return list(range(0, min(keep, int(cfg.epochs)) + 1))
+
+
+def trained_epochs(cfg) -> int:
+  """SGD at a constant learning rate never looks ahead, so epochs past the last stored snapshot
+  change no stored row: they are not run. `keep_epochs=0` trains (and stores) all `epochs`,
+  the references' full 10."""
+  return keep_epochs(cfg)[-1]
+
+
+def train_experts(ctx: RunContext, model: RetrievalModel, backbone_variables: dict,
+                  images, texts: np.ndarray, image_index: np.ndarray, *,
+                  features: bool) -> ExpertStore:
+  """Trains this process's shard of `experts.num_experts` experts into `W/experts`.
+
+  `images` holds one input per train image: frozen-backbone features (an array, or the
+  memory-mapped `Rows` of `W/features/train.npy`; `features=True`) or test-transform pixels
+  (`jdd.data.pipeline.pixel_rows`). With `experts.augment`, pixel batches are drawn through the
+  references' train transform from the `ImageFiles` behind those rows instead. `texts` holds
+  one embedding per train caption and `image_index` the image of each caption.
+
+  Fields of `ctx.config.experts`: num_experts, epochs, keep_epochs, batch_size, lr_image,
+  lr_text, momentum, weight_decay, shard, augment, parallel (frozen features: experts per
+  program, 0 = as many as fit). Expert e's key E = fold_in(keys['experts'], e) gives its heads
+  (fold_in(E, 0)), the data order of epoch k (permutation of K_k = fold_in(E, 1 + k)), the
+  augmentation of batch i of epoch k (host_rng(K_k, i)) and step s's key
+  (fold_in(fold_in(E, 2), s)).
+  """
+  from jdd.stages import expert_loops
+  cfg = ctx.config.experts
+  augment = bool(cfg.get("augment", False))
+  if augment and features:
+    raise ValueError("experts.augment trains on augmented pixels, not cached features: pass "
+                     "pixel rows with features=False")
+  plan = expert_loops.Plan.create(ctx, model, backbone_variables, images, texts, image_index,
+                                  features=features, augment=augment)
+  root = os.path.join(ctx.workdir, "experts")
+  template = model.init(jax.random.key(0), backbone_variables, texts.shape[-1])
+  store = ExpertStore.create(
+      root, int(cfg.num_experts), keep_epochs(cfg), {m: template[m] for m in MODALITIES},
+      {"loss": "infonce", "epochs_trained": trained_epochs(cfg),
+       "batch_size": int(cfg.batch_size), "lr_image": float(cfg.lr_image),
+       "lr_text": float(cfg.lr_text), "momentum": float(cfg.momentum),
+       "weight_decay": float(cfg.weight_decay), "inputs": plan.describe()})
+  shard_i, shard_n = parse_shard(cfg.shard)
+  todo = [e for e in range(shard_i, int(cfg.num_experts), shard_n) if e not in store.done()]
+  if features:
+    size = expert_loops.group_size(cfg, store.meta["sizes"], plan, len(todo))
+    for k in range(0, len(todo), size):
+      expert_loops.train_feature_group(plan, store, todo[k:k + size])
+  else:
+    for e in todo:
+      expert_loops.train_pixel_expert(plan, store, e)
+  return ExpertStore(root)

@@ -7,8 +7,11 @@ image inputs, evaluation splits, the real-pair baselines and the retrieval evalu
                (jdd.text_features)                                 -> W/text_cache/
     encoder    the image encoder: a converted checkpoint (e.g. timm nfnet_l0), or, offline,
                contrastive pretraining against the frozen text encoder -> W/encoder/
-    features   frozen-backbone features of every image (frozen-backbone models only)
-                                                                   -> W/features/{split}.npy
+    features   frozen-backbone features of every image (frozen-backbone models only), encoded
+               batch by batch into a memory-mapped file        -> W/features/{split}.npy
+    inputs     per split, what the models read: those features (memory-mapped) or pixels
+               streamed from disk per batch (`jdd.data.pipeline.Rows`); never a whole split
+               of pixels in memory
     evaluate   the retrieval evaluator on a set of pairs, several seeds -> W/eval/
 
 The trajectory-matching driver (`jdd.drivers.trajectory`) and EDGE's (`jdd.drivers.generative`)
@@ -31,12 +34,13 @@ import orbax.checkpoint as ocp
 
 import jdd
 from jdd import checkpoint, models, reporting
+from jdd.data import pipeline
 from jdd.data.captions import CLIP_MEAN, CLIP_STD, load_caption_dataset
 from jdd.data.shapes_captions import ensure_shapes_captions, shapes_captions_config
 from jdd.evaluation import retrieval, retrieval_report
 from jdd.evaluation import retrieval_protocols as protocols
 from jdd.loop import RunContext
-from jdd.models.retrieval import RetrievalModel, encode_features, normalize_images, param_count
+from jdd.models.retrieval import RetrievalModel, feature_encoder, param_count
 from jdd.objectives.contrastive import infonce_loss
 
 # -------------------------------------------------------------------------------- data
@@ -59,7 +63,8 @@ def _load_data(config):
     path = ensure_shapes_captions(dc.root, train=int(dc.sizes.train), val=int(dc.sizes.val),
                                   test=int(dc.sizes.test), image_size=int(dc.image_size),
                                   seed=int(dc.generate_seed))
-    return load_caption_dataset(shapes_captions_config(path, int(dc.image_size)))
+    return load_caption_dataset({**shapes_captions_config(path, int(dc.image_size)),
+                                 "threads": int(dc.threads), "cache_mb": int(dc.cache_mb)})
   return load_caption_dataset(dc)
 
 
@@ -148,8 +153,11 @@ def image_encoder(ctx: RunContext, texts: dict):
   variables = models.init_variables(backbone, jax.random.fold_in(keys["pretrain"], 0),
                                     (data.image_size, data.image_size, 3))
   params = model.init(jax.random.fold_in(keys["pretrain"], 1), variables, texts["train"].shape[-1])
-  images = normalize_images(data.load_images("train", dtype="uint8"), CLIP_MEAN, CLIP_STD)
-  caps_of = [np.flatnonzero(data.train.image_index == i) for i in range(data.train.num_images)]
+  images = pipeline.pixel_rows(data.files("train"))   # streamed per batch
+  # The captions of each image, in caption order (a stable sort, not one scan per image).
+  cap_order = np.argsort(data.train.image_index, kind="stable")
+  cap_start = np.searchsorted(data.train.image_index[cap_order], np.arange(data.train.num_images
+                                                                           + 1))
   n, b = data.train.num_images, int(pc.batch_size)
   per_epoch = n // b
   steps = int(pc.epochs) * per_epoch
@@ -176,15 +184,17 @@ def image_encoder(ctx: RunContext, texts: dict):
       ek = jax.random.fold_in(order_key, e)
       perm = np.asarray(jax.random.permutation(ek, n))
       pick = np.asarray(jax.random.randint(jax.random.fold_in(ek, 1), (n,), 0, 1 << 30))
-      cap = np.array([c[p % len(c)] for c, p in zip(caps_of, pick)])  # one caption per image
+      count = cap_start[1:] - cap_start[:-1]
+      cap = cap_order[cap_start[:-1] + pick % count]                  # one caption per image
       cache[e] = (perm, cap)
     perm, cap = cache[e]
     idx = perm[k * b:(k + 1) * b]
     return {"images": jnp.asarray(images[idx]), "texts": jnp.asarray(texts["train"][cap[idx]])}
 
   state = {"params": params, "opt": opt.init(params)}
-  state = ctx.loop("pretrain", state, jax.jit(step), batch_fn, steps,
-                   jax.random.fold_in(keys["pretrain"], 3))
+  with pipeline.Prefetcher(batch_fn, steps) as ahead:
+    state = ctx.loop("pretrain", state, jax.jit(step), ahead.get, steps,
+                     jax.random.fold_in(keys["pretrain"], 3))
   variables = {"params": state["params"]["image"]}
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.abspath(os.path.join(edir, "variables")), variables, force=True)
@@ -200,25 +210,33 @@ def image_encoder(ctx: RunContext, texts: dict):
 
 
 # --------------------------------------------------------------------------- features
-def image_inputs(ctx: RunContext, model, backbone_vars):
-  """Per split: frozen-backbone features (cached) or normalised pixels (trained backbone)."""
+def image_inputs(ctx: RunContext, model, backbone_vars) -> dict[str, pipeline.Rows]:
+  """Per split: frozen-backbone features (encoded once into W/features/<split>.npy, then
+  memory-mapped) or test-transform pixels read from disk per batch (trained backbone)."""
   workdir, data = ctx.workdir, ctx.data
   out = {}
   for split in ("train", "val", "test"):
+    pixels = pipeline.pixel_rows(data.files(split))
     if model.train_backbone:
-      out[split] = normalize_images(data.load_images(split, dtype="uint8"), CLIP_MEAN, CLIP_STD)
+      out[split] = pixels
       continue
     path = os.path.join(workdir, "features", f"{split}.npy")
     if os.path.exists(path):
-      out[split] = np.load(path)
+      out[split] = pipeline.feature_rows(path)
       continue
     t = time.time()
-    feats = encode_features(model, backbone_vars, data.load_images(split, dtype="uint8"),
-                            mean=CLIP_MEAN, std=CLIP_STD)
-    checkpoint.atomic_save_npy(path, feats)
-    print(f"[features] {split}: {feats.shape} in {time.time() - t:.1f}s", flush=True)
-    out[split] = feats
+    out[split] = pipeline.encode_to_file(feature_encoder(model, backbone_vars), pixels, path)
+    print(f"[features] {split}: {out[split].shape} in {time.time() - t:.1f}s", flush=True)
   return out
+
+
+def expert_images(ctx: RunContext, ev) -> tuple[pipeline.Rows, bool]:
+  """What the experts train on, and whether it is cached features: with `experts.augment` the
+  train pixels (augmented per batch by the expert loop, even under a frozen backbone, as the
+  reference RepBlend buffers were made), else the evaluator's train inputs."""
+  if bool(ctx.config.experts.augment):
+    return pipeline.pixel_rows(ctx.data.files("train")), False
+  return ev.inputs["train"], ev.features
 
 
 def build_model(config):
@@ -335,7 +353,9 @@ def baseline_sets(ctx: RunContext, ev: Evaluator, texts: dict) -> dict:
   train = data.train
 
   def pair_set(idx):
-    return retrieval.PairSet(inputs["train"][train.image_index[idx]], texts["train"][idx])
+    # A lazy view: pixels stay on disk, features in the memory-mapped file, until a batch.
+    return retrieval.PairSet(inputs["train"].subset(train.image_index[idx]),
+                             texts["train"][idx])
 
   for spec in config.evaluate.baselines:
     if spec == "full_train":

@@ -57,6 +57,9 @@ def static(config) -> None:
       if not ok:
         raise fail(f"{x}.shard", shard, "'' (all experts) or 'i/n' with 0 <= i < n, e.g. '0/4'")
 
+  if config.get("experts", {}).get("augment") or config.get("distill", {}).get("init_augment"):
+    _train_transform(config)
+
   e = "evaluate"
   epochs = integer(config, f"{e}.epochs", lo=1)
   integer(config, f"{e}.eval_every", lo=0, hi=epochs,
@@ -74,6 +77,19 @@ def static(config) -> None:
 
   if config.method in ("mttvl", "lors", "repblend"):
     _distill_static(config)
+
+
+def _train_transform(config) -> None:
+  """The references' train transform, where experts or the distillation's initial images use
+  it (`experts.augment`, `distill.init_augment`)."""
+  from jdd.data import randaugment
+  t = "train_transform"
+  choice(config, f"{t}.ops", randaugment.OPS_BY_REFERENCE,
+         why="the reference whose RandomAugment op list to use")
+  integer(config, f"{t}.num_ops", lo=0)
+  number(config, f"{t}.magnitude", lo=0.0, hi=randaugment.MAX_LEVEL)
+  number(config, f"{t}.min_scale", lo=0.0, lo_open=True, hi=1.0,
+         why="RandomResizedCrop keeps between min_scale and all of the image's area")
 
 
 def files(config) -> None:
