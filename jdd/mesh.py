@@ -49,6 +49,9 @@ def shard(x, mesh: jax.sharding.Mesh, axes=(0,)):
   sharding = NamedSharding(mesh, batch_spec(x.shape, mesh, axes))
   if jax.process_count() == 1:
     return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):   # typed keys: shard their data
+    return jax.random.wrap_key_data(shard(jax.random.key_data(x), mesh, axes),
+                                    impl=jax.random.key_impl(x))
   host = x if isinstance(x, np.ndarray) else np.asarray(jax.device_get(x))
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

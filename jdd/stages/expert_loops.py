@@ -212,7 +212,7 @@ def group_size(cfg, sizes: dict, plan: Plan, todo: int) -> int:
     # parameters, gradients, optimiser trace and updates, plus the step's activations
     per_expert = 4 * (4 * params + 8 * plan.batch * (feat + plan.texts.shape[-1] + 4 * joint))
     data = 4 * (np.prod(np.shape(plan.images)) + plan.texts.size) + 8 * len(plan.texts)
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     budget = (stats["bytes_limit"] // 2 - data) if "bytes_limit" in stats else _HOST_GROUP_BYTES
     size = max(1, int(budget // per_expert))
   size = max(1, min(size, todo))
