@@ -18,6 +18,11 @@ Faults lose nothing:
   its own tracebacks) removes the half-written step and raises `jdd.errors.DiskFull`, which
   says that the previous step is intact; Orbax's log lines of that failure are dropped.
 
+Several processes (`jdd.distributed`): Orbax saves and restores collectively (each process its
+own shards, process 0 the metadata, with its own barriers); every other file here (the sha256
+tables, JSON and .npy written atomically) is written by process 0 alone, and the others wait
+at a barrier until it is in place, so that what one process reads back exists for all.
+
 jax and Orbax are imported when a checkpoint is first touched, so that `jdd.export` (which
 uses the atomic writes) stays light enough to start in a fraction of a second.
 """
@@ -36,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from jdd import distributed
 from jdd.errors import CheckpointError, DiskFull, is_disk_full
 
 DIGEST = "jdd_sha256.json"
@@ -105,6 +111,10 @@ class StageCheckpointer:
   def _set_aside(self, failures: list, good: int) -> None:
     """Moves the damaged steps out of Orbax's sight (kept for inspection) and says so."""
     self._manager.close()
+    if not distributed.is_writer():
+      distributed.barrier("damaged steps set aside")
+      self._manager = self._open()
+      return
     aside = os.path.join(os.path.dirname(self.directory), ".damaged", self.stage)
     os.makedirs(aside, exist_ok=True)
     for step, problem in failures:
@@ -117,6 +127,7 @@ class StageCheckpointer:
             f"{target}", flush=True)
     print(f"[{self.stage}] falling back to the previous complete checkpoint, step {good}",
           flush=True)
+    distributed.barrier("damaged steps set aside")
     self._manager = self._open()
 
   def save(self, step: int, state: Any) -> None:
@@ -193,6 +204,9 @@ def _file_table(root: str) -> dict[str, dict]:
 
 def write_digest(step_dir: str) -> None:
   """Records every file of a committed step (size, sha256) in `step_dir/jdd_sha256.json`."""
+  if not distributed.is_writer():
+    distributed.barrier("checkpoint table")  # the one in process 0's atomic_write_json
+    return
   atomic_write_json(os.path.join(step_dir, DIGEST), _file_table(step_dir))
 
 
@@ -243,7 +257,18 @@ def _like(restored, template):
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes `path` whole or not at all; on ENOSPC raises `DiskFull` (the old file stays)."""
+  """Writes `path` whole or not at all; on ENOSPC raises `DiskFull` (the old file stays).
+  With several processes, process 0 writes and every process returns once it is written."""
+  if distributed.is_multiprocess():
+    if distributed.is_writer():
+      write_bytes_here(path, data)
+    distributed.barrier(f"written {path}")
+    return
+  write_bytes_here(path, data)
+
+
+def write_bytes_here(path: str, data: bytes) -> None:
+  """`atomic_write_bytes` by this process alone, whatever the process count."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")

@@ -19,6 +19,10 @@ and raises `jdd.errors.DiskFull`, saying that the previous export is intact.
 Each family keeps its own manifest fields (classification: per-array shape/dtype/bytes; image-
 text: the pair budget; EDGE: the caption annotation) and every manifest gains `export`: the
 format name and the table of all files.
+
+With several processes (`jdd.distributed`) process 0 alone writes the export: the others run
+the same block on a scratch directory outside the workdir (nothing is linked or saved there)
+and wait at a barrier until process 0 has committed it.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from jdd import checkpoint
+from jdd import checkpoint, distributed
 from jdd.errors import DiskFull, is_disk_full
 
 FORMAT = "jdd-export/1"
@@ -100,6 +105,15 @@ def verify(directory: str) -> list[str]:
 
 def recover(final: str) -> None:
   """Finishes or undoes a swap that a kill interrupted, and drops an unfinished staging dir."""
+  if distributed.is_multiprocess():
+    if distributed.is_writer():
+      _recover_here(final)
+    distributed.barrier(f"recovered {final}")
+    return
+  _recover_here(final)
+
+
+def _recover_here(final: str) -> None:
   new, old = final + ".new", final + ".old"
   if not os.path.exists(final) and os.path.exists(old):
     os.rename(new if is_complete(new) else old, final)
@@ -171,6 +185,14 @@ def staged(workdir: str, name: str = "export") -> Iterator[Staging]:
   """Yields an empty staging directory; on a clean exit writes the manifest and commits it."""
   final = os.path.join(workdir, name)
   recover(final)
+  if not distributed.is_writer():
+    scratch = tempfile.mkdtemp(prefix="jdd-export-not-written-")
+    try:
+      yield Staging(scratch)
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+    distributed.barrier(f"committed {final}")
+    return
   out = Staging(final + ".new")
   os.makedirs(out)
   try:
@@ -179,7 +201,7 @@ def staged(workdir: str, name: str = "export") -> Iterator[Staging]:
     manifest = dict(out.manifest(entries)) if out.manifest is not None else {}
     manifest["export"] = {"format": FORMAT, "files": entries,
                           "total_bytes": int(sum(e["bytes"] for e in entries.values()))}
-    checkpoint.atomic_write_bytes(os.path.join(out, MANIFEST), (json.dumps(
+    checkpoint.write_bytes_here(os.path.join(out, MANIFEST), (json.dumps(
         manifest, indent=2, sort_keys=True, default=checkpoint.json_default) + "\n").encode())
     commit(out, final)
   except BaseException as e:
@@ -191,6 +213,7 @@ def staged(workdir: str, name: str = "export") -> Iterator[Staging]:
                      "Free space on that disk and rerun the same command (finished stages are "
                      "kept, so only the export is redone).", out) from e
     raise
+  distributed.barrier(f"committed {final}")
 
 
 def save_npy(directory: str, name: str, array) -> str:
@@ -212,6 +235,8 @@ def link(directory: str, name: str, source: str) -> str:
   labels), else a copy. Stage outputs are written once and never modified, so sharing the
   inode is safe."""
   path = os.path.join(directory, name)
+  if not distributed.is_writer():
+    return path   # process 0 writes the export; a scratch copy would be a waste
   os.makedirs(os.path.dirname(path), exist_ok=True)
   try:
     os.link(source, path)

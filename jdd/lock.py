@@ -12,6 +12,9 @@ support.)
 
 A run that stops before writing anything (a missing dataset, say) leaves no trace: when `hold`
 created the workdir and it still holds only the lock, both are removed on the way out.
+
+With several processes (`jdd.distributed`) process 0 takes the lock for the run and tells the
+others whether it got it, so all of them stop with the same message when the workdir is busy.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import socket
 import sys
 from collections.abc import Iterator
 
+from jdd import distributed
 from jdd.errors import WorkdirBusy
 
 LOCK_NAME = ".lock"
@@ -52,6 +56,31 @@ def _describe(raw: bytes) -> str:
 @contextlib.contextmanager
 def hold(workdir: str) -> Iterator[str]:
   """Holds `W/.lock` for the block; raises `WorkdirBusy` if a live process holds it."""
+  if not distributed.is_multiprocess():
+    with _hold_here(workdir) as path:
+      yield path
+    return
+  outcome = {}
+
+  def take() -> str:
+    try:
+      outcome["held"] = _hold_here(workdir)
+      return outcome["held"].__enter__()
+    except WorkdirBusy as e:
+      return f"busy:{e}"
+
+  said = distributed.broadcast_json("workdir_lock", take)
+  if said.startswith("busy:"):
+    raise WorkdirBusy(said[len("busy:"):])
+  try:
+    yield said
+  finally:
+    if "held" in outcome:
+      outcome["held"].__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _hold_here(workdir: str) -> Iterator[str]:
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = lock_path(workdir)

@@ -1,19 +1,34 @@
-"""The device mesh and batch sharding.
+"""The device mesh and batch sharding, on one process or several.
 
 One `data` axis over all devices; batches are split on it with `NamedSharding` and `jax.jit`
 propagates the layout (no pmap). Statistics over a sharded batch are computed by plain
 `jnp.mean` on the global array, so XLA inserts the all-reduce and results do not depend on the
 device count.
+
+With several processes (`jdd.distributed`) the mesh spans every process's devices
+(`jax.devices()` is global) and `shard` builds the global array from the slices this process's
+devices hold (`jax.make_array_from_callback`: each process reads and places only its shard of
+the host array, e.g. of a memory-mapped file). A sharded result is gathered back with `fetch`
+(all processes get the whole array); fully replicated values (losses, metrics) are read as
+usual. The same global program runs whether the devices belong to one process or to several,
+so a run over 2 processes x 1 device matches one process x 2 devices bit for bit (checked for
+the SRe2L and RepBlend smoke configs, tests/test_multihost.py).
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   n = num_devices or len(jax.devices())
+  if jax.process_count() > 1 and n != len(jax.devices()):
+    from jdd.errors import ConfigError
+    raise ConfigError.field("num_devices", num_devices,
+                            f"0 (all {len(jax.devices())} devices of the {jax.process_count()} "
+                            "processes): a multi-process mesh must hold every process's devices")
   # Auto axis types: with jax 0.10's Explicit default, grad through sharded code needs set_mesh.
   return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=jax.devices()[:n])
@@ -31,8 +46,26 @@ def batch_spec(shape: tuple[int, ...], mesh: jax.sharding.Mesh, axes=(0,)) -> P:
 
 
 def shard(x, mesh: jax.sharding.Mesh, axes=(0,)):
-  return jax.device_put(x, NamedSharding(mesh, batch_spec(x.shape, mesh, axes)))
+  sharding = NamedSharding(mesh, batch_spec(x.shape, mesh, axes))
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):   # typed keys: shard their data
+    return jax.random.wrap_key_data(shard(jax.random.key_data(x), mesh, axes),
+                                    impl=jax.random.key_impl(x))
+  host = x if isinstance(x, np.ndarray) else np.asarray(jax.device_get(x))
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def fetch(tree):
+  """`jax.device_get` that also gathers arrays spread over several processes (every process
+  receives the whole array)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.device_get(x)
+  return jax.tree.map(get, tree)

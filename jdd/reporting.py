@@ -44,10 +44,13 @@ class _QuietTfds:
 
 
 def create_writer(workdir: str):
-  """TensorBoard events plus absl logging under workdir/logs."""
+  """TensorBoard events plus absl logging under workdir/logs (by process 0 alone when the run
+  has several processes: the others' writer only logs)."""
   from clu import metric_writers  # imports TensorFlow: keep it off the module import path.
+  from jdd import distributed
   _hide_gpus_from_tensorflow()
-  return metric_writers.create_default_writer(os.path.join(workdir, "logs"), just_logging=False)
+  return metric_writers.create_default_writer(os.path.join(workdir, "logs"),
+                                              just_logging=not distributed.is_writer())
 
 
 def _hide_gpus_from_tensorflow() -> None:

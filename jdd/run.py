@@ -14,6 +14,10 @@ none imports another; `jdd.drivers` says what a driver provides. A checkpoint in
 means resume: a run killed at any moment and restarted with the same command continues from its
 last checkpoint and ends with the same distilled set, bit for bit, because every random draw is
 `fold_in(key, step)` of the config's seed.
+
+With several processes (`jdd.distributed`, `docs/multihost.md`) every process runs this same
+function over one mesh of all their devices; process 0 holds the lock, writes the files and
+prints the summary.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 import jax
 import ml_collections
 
-from jdd import checkpoint, lock, mesh as mesh_lib, validation
+from jdd import checkpoint, distributed, lock, mesh as mesh_lib, validation
 from jdd.drivers import classification, generative, trajectory
 from jdd.errors import ConfigError
 from jdd.loop import RunContext
@@ -58,8 +62,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   driver, facts = validate(config)
   with lock.hold(workdir):
     mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
+    procs = (f" over {jax.process_count()} processes (this is process {jax.process_index()})"
+             if distributed.is_multiprocess() else "")
     print(f"[jdd] {config.method} on {config.dataset.name}; devices: {mesh.shape['data']} x "
-          f"{jax.devices()[0].platform}; workdir {workdir}", flush=True)
+          f"{jax.devices()[0].platform}{procs}; workdir {workdir}", flush=True)
     data = driver.load_data(config)
     validation.check_loaded(config, FAMILIES[driver], data, facts)
     checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
@@ -71,8 +77,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["cpu_seconds_this_process"] = round(time.process_time(), 1)
     checkpoint.atomic_write_json(os.path.join(workdir, "results.json"), results)
     ctx.writer.flush()
-    driver.print_summary(results)
-    print_outputs(workdir, time.time() - t0)
+    if distributed.is_writer():
+      driver.print_summary(results)
+      print_outputs(workdir, time.time() - t0)
   return results
 
 

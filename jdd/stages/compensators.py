@@ -102,7 +102,7 @@ def recover_stage(ctx: RunContext) -> DistilledSet:
         state = ctx.loop(f"recover_{teacher.name}_round{r:05d}", state,
                          lambda st, bt, k, f=step_fn, v=tvars: f(st, bt, k, v),
                          lambda i, bt=batch: bt, hp.iterations, ctx.keys["recover"])
-        checkpoint.atomic_save_npy(out, np.asarray(jax.device_get(state.u))[:, 0])
+        checkpoint.atomic_save_npy(out, np.asarray(mesh_lib.fetch(state.u))[:, 0])
       u = np.load(out)
       for (_, g, s), ui in zip(rows, u):
         comps[g, s, m] = ui

@@ -1,6 +1,8 @@
 """Evaluate: students on the distilled set and on a random real subset of the same budget.
 
 Each finished (set, seed) result is written at once, so a killed evaluation loses one student.
+With several processes the seeds are dealt round-robin (`jdd.distributed.spread`: seed i on
+process i mod N, each seed keyed by its index alone) and process 0 writes every result.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import os
 
 import numpy as np
 
-from jdd import checkpoint, reporting
+from jdd import checkpoint, distributed, reporting
 from jdd.evaluation import classification as evaluation
 from jdd.labels.source import LabelSource
 from jdd.loop import RunContext, host_rng
@@ -36,17 +38,25 @@ def random_subset_indices(data, ipc: int, key) -> np.ndarray:
 def evaluate_set(ctx: RunContext, name: str, images: np.ndarray, source: LabelSource) -> dict:
   """Students over `config.evaluate.seeds`; each finished seed is kept, so a kill loses one."""
   ec, config = ctx.config.evaluate, ctx.config
-  results = []
-  for seed in range(int(ec.seeds)):
-    path = os.path.join(ctx.workdir, "eval", f"{name}_seed{seed}.json")
-    if os.path.exists(path):
-      results.append(checkpoint.read_json(path))
-      continue
+  path_of = lambda seed: os.path.join(ctx.workdir, "eval", f"{name}_seed{seed}.json")
+  missing = [s for s in range(int(ec.seeds)) if not os.path.exists(path_of(s))]
+  many = distributed.is_multiprocess()
+
+  def one(seed: int) -> dict:
+    path = path_of(seed)
+    if seed not in missing:
+      return checkpoint.read_json(path)
     progress = reporting.Progress(f"evaluate:{name}:seed{seed}", int(ec.epochs),
                                   every=max(1, int(ec.epochs) // 5))
     r = evaluation.train_student(
         images, source=source, data=ctx.data, ecfg=ec, order_key=ctx.keys["relabel_order"],
         seed=int(config.seed) * 1000 + seed, progress=progress)
-    checkpoint.atomic_write_json(path, r)
-    results.append(r)
+    if not many:
+      checkpoint.atomic_write_json(path, r)
+    return r
+
+  results = distributed.spread(int(ec.seeds), one, f"evaluate_{name}")
+  if many:
+    for seed in missing:
+      checkpoint.atomic_write_json(path_of(seed), results[seed])
   return evaluation.summarise(results)

@@ -212,7 +212,7 @@ def group_size(cfg, sizes: dict, plan: Plan, todo: int) -> int:
     # parameters, gradients, optimiser trace and updates, plus the step's activations
     per_expert = 4 * (4 * params + 8 * plan.batch * (feat + plan.texts.shape[-1] + 4 * joint))
     data = 4 * (np.prod(np.shape(plan.images)) + plan.texts.size) + 8 * len(plan.texts)
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     budget = (stats["bytes_limit"] // 2 - data) if "bytes_limit" in stats else _HOST_GROUP_BYTES
     size = max(1, int(budget // per_expert))
   size = max(1, min(size, todo))
@@ -285,8 +285,8 @@ def train_feature_group(plan: Plan, store, group: list[int]) -> None:
     return program(state, batch["perm"], bases, batch["epoch"], *data)
 
   def write(row, state):
-    flat = {m: np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(state["params"][m]))
-            for m in MODALITIES}
+    flat = {m: np.asarray(mesh_lib.fetch(jax.vmap(lambda p: ravel_pytree(p)[0])(
+        state["params"][m]))) for m in MODALITIES}
     for g, e in enumerate(group):
       store.write_row(e, row, {m: flat[m][g] for m in MODALITIES})
 
@@ -302,7 +302,7 @@ def train_feature_group(plan: Plan, store, group: list[int]) -> None:
       "experts" + "_".join(f"{e:03d}" for e in group))
   state = ctx.loop(name, state, step_fn, batch_fn, plan.epochs, ctx.keys["experts"],
                    checkpoint_every=1, log_every=1, on_start=on_start, after_step=after_step)
-  loss = np.asarray(state["loss"])
+  loss = np.asarray(mesh_lib.fetch(state["loss"]))
   for g, e in enumerate(group):
     store.finish(e, {"expert": e, "final_epoch_loss": float(loss[g]),
                      "experts_per_program": len(group),

@@ -38,6 +38,7 @@ jdd differs on purpose (research §4 "Snapshot use", §9):
   that epoch's checkpoint of the shared loop, `jdd.loop`); an unfinished expert or group
   resumes from its last epoch checkpoint, bit for bit. `experts.shard = 'i/n'` trains every
   n-th expert starting at i, so n processes (or machines sharing the workdir) fill one store.
+  In one multi-process run (`jdd.distributed`) process 0 alone writes the store.
 * **Seeded.** Expert e's heads, data order, augmentation and dropout come from fold_in(key, e)
   (`train_experts`), never from a global random state, so the thread count, prefetching and a
   resume never change a draw.
@@ -56,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jdd import checkpoint
+from jdd import checkpoint, distributed
 from jdd.evaluation.retrieval import compiled_train_step
 from jdd.loop import RunContext
 from jdd.models.retrieval import RetrievalModel
@@ -101,6 +102,7 @@ class ExpertStore:
             "sizes": {m: int(ravel_pytree(templates[m])[0].size) for m in MODALITIES},
             "info": info}
     meta_path = os.path.join(root, "meta.json")
+    distributed.barrier("expert store")  # all processes see the same meta.json below
     if os.path.exists(meta_path):
       old = checkpoint.read_json(meta_path)
       if json.loads(json.dumps(meta)) != old:
@@ -108,13 +110,13 @@ class ExpertStore:
             f"the expert store at {root} was made with other settings ({_diff(old, meta)}); use "
             "a new workdir or delete that folder")
     else:
-      for m in MODALITIES:
+      for m in MODALITIES if distributed.is_writer() else ():
         shape = (num_experts, len(keep_epochs), meta["sizes"][m])
         arr = np.lib.format.open_memmap(os.path.join(root, f"{m}.npy"), mode="w+",
                                         dtype=np.float32, shape=shape)
         arr.flush()
         del arr
-      checkpoint.atomic_write_json(meta_path, meta)
+      checkpoint.atomic_write_json(meta_path, meta)  # process 0 writes; all wait for it
     return ExpertStore(root)
 
   @property
@@ -132,7 +134,7 @@ class ExpertStore:
 
   def write(self, expert: int, snapshots: dict[str, np.ndarray], record: dict) -> None:
     """Writes expert `expert`'s (snapshots, parameters) rows, flushes, then marks it done."""
-    for m in MODALITIES:
+    for m in MODALITIES if distributed.is_writer() else ():
       arr = np.load(os.path.join(self.root, f"{m}.npy"), mmap_mode="r+")
       arr[expert] = snapshots[m]
       arr.flush()
@@ -143,7 +145,7 @@ class ExpertStore:
   def write_row(self, expert: int, row: int, flat: dict[str, np.ndarray]) -> None:
     """Writes one snapshot row of an unfinished expert and flushes it (before the loop's
     checkpoint of that epoch, so a resumed run finds every row up to its checkpoint)."""
-    for m in MODALITIES:
+    for m in MODALITIES if distributed.is_writer() else ():
       arr = np.load(os.path.join(self.root, f"{m}.npy"), mmap_mode="r+")
       arr[expert, row] = np.asarray(flat[m], np.float32)
       arr.flush()

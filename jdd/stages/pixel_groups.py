@@ -57,7 +57,7 @@ class Sre2lRecover:
     return state.replace(images=mesh_lib.shard(state.images, self.ctx.mesh, axes=(0, 1)))
 
   def images_uint8(self, state) -> np.ndarray:
-    return sre2l.to_uint8(jax.device_get(state.images), self.ctx.data.mean, self.ctx.data.std)
+    return sre2l.to_uint8(mesh_lib.fetch(state.images), self.ctx.data.mean, self.ctx.data.std)
 
 
 def recover_stage(ctx: RunContext, make_adapter=Sre2lRecover) -> DistilledSet:

@@ -90,7 +90,7 @@ class FadrmRecover:
     images = state.images
     if images.shape[2:4] != tuple(data.image_shape[:2]):  # a last stage below full size
       images = fadrm.resize(images, data.image_shape[0])
-    return fadrm.to_uint8(jax.device_get(images), data.mean, data.std)
+    return fadrm.to_uint8(mesh_lib.fetch(images), data.mean, data.std)
 
 
 def select_patches(ctx: RunContext, teacher, ipc: int) -> tuple[np.ndarray, dict]:
