@@ -27,7 +27,7 @@ def get_config(arg=None):
   classification.fashion_mnist(c)
   quick = classification.FASHION_MNIST_TEACHER_RECIPE
   teachers = {"convnet": teacher("convnet", {"width": 32, "depth": 3}, **quick),
-              "resnet18": teacher("resnet18", {"stem": "cifar", "width": 16}, **quick)}
+              "resnet18": teacher("resnet18", {"stem": "cifar", "width": 8}, **quick)}
   fadrm.select_teachers(c, teachers, ("convnet", "resnet18") if c.plus else ("convnet",))
   c.recover.ipc = int(args.get("ipc", 10))
   c.recover.resolutions = (28, 28, 28, 28)

@@ -184,7 +184,8 @@ def test_bssl_refuses_a_student_with_other_micro_batches():
   override(c, **{"evaluate.grad_accum_steps": 1})
   ctx = types.SimpleNamespace(config=c, teachers=[])
   with pytest.raises(ValueError, match="grad_accum_steps"):
-    relabel.label_source(ctx, "distilled", np.zeros((20, 28, 28, 1), np.uint8), "/nonexistent")
+    relabel.label_source(ctx, "distilled", np.zeros((20, 28, 28, 1), np.uint8), "/nonexistent",
+                         classification.make_plan(c.evaluate, 20, 20))
 
 
 def test_cosine_eta_cuts_a_longer_cosine():

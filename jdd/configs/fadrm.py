@@ -45,6 +45,7 @@ def base_config(plus: bool = False) -> ml_collections.ConfigDict:
   c = new_config("fadrm", checkpoint_every=100)
   c.plus = bool(plus)
   c.dataset = classification.dataset_config()
+  c.teacher_cache = "auto"   # jdd.stages.teacher_cache: '' trains every teacher in the workdir
   c.teacher = ml_collections.ConfigDict()
   c.teachers = ml_collections.ConfigDict()
   c.teacher_names = ()
