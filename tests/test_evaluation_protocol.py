@@ -90,14 +90,11 @@ def test_stretch_program_equals_step_by_step_training():
   idx, e, k, g, host = trainer._host_batches(trainer.source, jax.random.key(1), 0, 4, 10)
   scanned, _ = trainer.stretch(state, jnp.asarray(images), idx, e, k, g, host, None,
                                jax.random.key(9))
-  step = jax.jit(lambda st, b, r: evaluation._student_step(
-      st, b, r, None, model=trainer.model, optimizer=trainer.optimizer,
-      batch_fn=trainer.source.batch_fn, temperature=1.0, t_squared=False,
-      kd_step=lambda *a, **kw: training.kd_step(*a, probs=True, **kw)))
+  step = jax.jit(trainer.step)
   for i in range(4):
     batch = {"images": jnp.asarray(images)[idx[i]], "idx": idx[i], "epoch": e[i], "k": k[i],
              "labels": host["labels"][i]}
-    state, _ = step(state, batch, jax.random.fold_in(jax.random.key(9), int(g[i])))
+    state, _ = step(state, batch, jax.random.fold_in(jax.random.key(9), int(g[i])), None)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
                scanned.params, state.params)
 

@@ -54,7 +54,8 @@ def base_config(plus: bool = False) -> ml_collections.ConfigDict:
       compute_dtype="bfloat16",
       init=ml_collections.ConfigDict(dict(
           method="patches", candidates_per_class=0, crops_per_image=5, factor=1,
-          crop_scale=(0.5, 1.0))))
+          crop_scale=(0.5, 1.0),
+          difficulty="medium")))   # FADRM's --patch-diff medium (jdd.methods.fadrm)
   c.relabel = classification.relabel_config(
       mode="bssl",
       teacher_names=(),

@@ -170,11 +170,12 @@ class Trainer:
     accum = int(ecfg.get("grad_accum_steps", 1))
     kd = functools.partial(training.kd_step, probs=probs) if accum == 1 else functools.partial(
         _accumulated_kd_step, num_splits=accum, probs=probs)
-    step = functools.partial(
+    # One student step, (state, batch, rng, operands) -> (state, metrics), un-jitted.
+    self.step = functools.partial(
         _student_step, model=self.model, optimizer=self.optimizer, batch_fn=source.batch_fn,
         temperature=1.0 if probs else float(ecfg.temperature),
         t_squared=False if probs else bool(ecfg.t_squared), kd_step=kd)
-    self.stretch = jax.jit(functools.partial(_run_stretch, step=step))
+    self.stretch = jax.jit(functools.partial(_run_stretch, step=self.step))
     self.predict = training.predict_fn(self.model)
 
   def _score(self, variables, split: str) -> float:
