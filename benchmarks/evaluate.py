@@ -1,4 +1,4 @@
-"""Student-training throughput of jdd's classification evaluation, beside an equivalent PyTorch loop.
+"""Student-training throughput of jdd's classification evaluation beside an equivalent PyTorch loop.
 
     python benchmarks/evaluate.py [--steps 200] [--repeats 3]
 

@@ -1,13 +1,14 @@
 """FADRM / FADRM+ on Fashion-MNIST: the offline version of FADRM's CIFAR-100 scripts.
 
     python -m jdd.main --config configs/fadrm_fashion_mnist.py --workdir runs/fadrm_fmnist
-    python -m jdd.main --config configs/fadrm_fashion_mnist.py:plus=True --workdir runs/fadrmp_fmnist
+    python -m jdd.main --config configs/fadrm_fashion_mnist.py:plus=True --workdir runs/fadrmp
     python -m jdd.main --config configs/fadrm_fashion_mnist.py:ipc=50 --workdir runs/fadrm_ipc50
 
 Not a paper cell: the paper's CIFAR-100 pipeline on Fashion-MNIST at 10 (or 50) images per class
-(research/unimodal_dd_methods.md §5). Teachers by the Fashion-MNIST teacher recipe, cached: the
-ConvNet-3 (width 32, BN) that SRe2L and INFER use and, for FADRM+, also INFER's ResNet-18 (CIFAR
-stem, width 8); FADRM+ alternates them every step. The reference's values:
+(research/unimodal_dd_methods.md §5). Teachers by the Fashion-MNIST teacher recipes, cached: the
+ConvNet-3 (width 32, BN, 20 epochs) that SRe2L and INFER use and, for FADRM+, also INFER's
+ResNet-18 (CIFAR stem, width 8, 5 epochs); FADRM+ alternates them every step. The reference's
+values:
 - recover: 4 stages x 500 steps at one resolution, ARC alpha 0.5 at each boundary, Adam lr 0.25
   under one cosine, RandomResizedCrop (0.08-1) + flip + roll U{0..4}, from real patches of
   *medium* difficulty (`--patch-diff medium`: the ranks around the median of 200 teacher-scored
@@ -22,7 +23,7 @@ What still differs from the reference, and why:
 - r_bn 1.0 instead of 0.01: 0.01 was set for ResNet-18's 20 BN layers; on ConvNet-3 the BN term
   would barely count (issue 15); 1.0 is the references' value for shallow BN stacks;
 - fp32 recover instead of fp16 autocast (bf16 is slow on CPU);
-- teachers: a ConvNet-3 and a narrow ResNet-18 squeezed for 20 epochs instead of ResNet-18,
+- teachers: a ConvNet-3 and a narrow ResNet-18 squeezed for 20 and 5 epochs instead of ResNet-18,
   DenseNet-121, ShuffleNetV2 and MobileNetV2 trained for 200; the patches are jdd's own RDED-style
   selection (the reference ships pre-selected patches; jdd.methods.fadrm);
 - `evaluate.epochs` chosen from measured validation curves (docs/fashion_mnist.md) instead of
@@ -40,9 +41,10 @@ def get_config(arg=None):
   check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_fashion_mnist")
   c = fadrm.base_config(plus=bool(args.get("plus", False)))
   classification.fashion_mnist(c)
-  recipe = classification.FASHION_MNIST_TEACHER_RECIPE
-  teachers = {"convnet": teacher("convnet", {"width": 32, "depth": 3}, **recipe),
-              "resnet18": teacher("resnet18", {"stem": "cifar", "width": 8}, **recipe)}
+  teachers = {"convnet": teacher("convnet", {"width": 32, "depth": 3},
+                                 **classification.FASHION_MNIST_TEACHER_RECIPE),
+              "resnet18": teacher("resnet18", {"stem": "cifar", "width": 8},
+                                  **classification.FASHION_MNIST_AUX_TEACHER_RECIPE)}
   fadrm.select_teachers(c, teachers, ("convnet", "resnet18") if c.plus else ("convnet",))
   c.recover.ipc = int(args.get("ipc", 10))
   c.recover.resolutions = (28, 28, 28, 28)

@@ -209,24 +209,23 @@ def test_shipped_teachers_match_their_checksums_and_the_configs():
   for d in shipped:
     spec = json.load(open(os.path.join(teacher_cache.SHIPPED_DIR, d, "spec.json")))
     assert spec["digest"].startswith(d) and teacher_cache.digest(spec["spec"]) == spec["digest"]
-  # The demo config's teacher and full-data student are among them (a config edit that changes
-  # their recipe would silently retrain them: this test says so instead).
+  # The demo config's teacher is among them (a config edit that changes its recipe would
+  # silently retrain it: this test says so instead); it is also the full-data student.
   c = load_config(CONFIG)
   from jdd.data.classification import NORMALIZATION
   mean, std = NORMALIZATION["fashion_mnist"]
-  for tc, role in ((c.teacher, "teacher"), (c.teacher, "full_data_student")):
-    card = {"arch": tc.arch if role == "teacher" else c.evaluate.student.arch,
-            "kwargs": dict(tc.kwargs if role == "teacher" else c.evaluate.student.kwargs),
-            "num_classes": 10, "image_shape": [28, 28, 1], "dataset": "fashion_mnist",
-            "mean": list(mean), "std": list(std)}
-    t = tc.copy_and_resolve_references()
-    digest = teacher_cache.digest(teacher_cache.spec(t, card, c.dataset, 0, role))
-    assert teacher_cache.entry_name(digest) in shipped, role
+  card = {"arch": c.teacher.arch, "kwargs": dict(c.teacher.kwargs), "num_classes": 10,
+          "image_shape": [28, 28, 1], "dataset": "fashion_mnist", "mean": list(mean),
+          "std": list(std)}
+  digest = teacher_cache.digest(teacher_cache.spec(c.teacher, card, c.dataset, 0))
+  assert teacher_cache.entry_name(digest) in shipped
+  assert (c.evaluate.student.arch, dict(c.evaluate.student.kwargs)) == (
+      c.teacher.arch, dict(c.teacher.kwargs))
 
 
 def test_identical_teachers_in_one_config_are_refused():
   c = load_config(os.path.join(ROOT, "configs", "infer_fashion_mnist.py"))
-  override(c, **{"teachers.convnet_w32d2.kwargs.depth": 3})
+  override(c, **{"teachers.convnet_w32d2.kwargs.depth": 3, "teachers.convnet_w32d2.epochs": 20})
   data = _data()
   ctx = types.SimpleNamespace(config=c, data=data, keys=make_keys(0), workdir="/nonexistent")
   with pytest.raises(ValueError, match="same network"):
@@ -276,3 +275,22 @@ def test_protocol_end_to_end_at_smoke_scale(tmp_path):
   # A rerun reads every finished student back instead of training it again.
   again = run_lib.run(c, workdir)
   assert again["evaluation"]["modes"] == results["evaluation"]["modes"]
+
+
+def test_distill_seeds_reports_the_spread_over_distilled_sets(tmp_path):
+  c = load_config(CONFIG + ":smoke")
+  override(c, **{"evaluate.epochs": 1, "evaluate.eval_every": 1, "evaluate.seeds": 1,
+                 "evaluate.distill_seeds": 2})
+  results = run_lib.run(c, str(tmp_path / "w"))
+  ds = results["distill_seeds"]
+  assert [r["distill_seed"] for r in ds["per_seed"]] == [0, 1]
+  # A sub-run returns its results to the parent, which writes the one results.json.
+  assert not (tmp_path / "w" / "distill_seeds" / "seed1" / "results.json").exists()
+  a = np.load(tmp_path / "w" / "export" / "images.npy")
+  b = np.load(tmp_path / "w" / "distill_seeds" / "seed1" / "export" / "images.npy")
+  assert a.shape == b.shape and not np.array_equal(a, b)   # another seed, another set
+  values = [r["distilled_soft"] for r in ds["per_seed"]]
+  assert ds["distilled_soft"]["mean"] == pytest.approx(np.mean(values))
+  assert ds["difference"]["n"] == 2
+  # The teachers are the parent's: no squeeze under the sub-run's workdir.
+  assert not (tmp_path / "w" / "distill_seeds" / "seed1" / "teacher").exists()

@@ -91,7 +91,8 @@ def run(ctx: RunContext) -> dict:
   results["ceiling"] = {"teacher": summary[0]}
   if ceiling is not None:
     results["ceiling"]["full_data_student"] = {
-        k: ceiling.get(k) for k in ("arch", "kwargs", "val_top1", "test_top1", "digest")}
+        k: ceiling.get(k) for k in ("arch", "kwargs", "val_top1", "test_top1", "digest",
+                                    "same_as_teacher") if k in ceiling}
   results["ddranking"] = ddranking.scores(
       None if ceiling is None else float(ceiling["test_top1"]), _seed_means(ev))
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
@@ -221,7 +222,10 @@ def print_summary(results: dict) -> None:
            for t in results["teachers"] if t.get("test_top1") is not None]
   if "full_data_student" in ceiling:
     f = ceiling["full_data_student"]
-    parts.append(f"full-data student ({f['arch']}, hard labels) {f['test_top1'] * 100:.2f}")
+    same = (f" = teacher {f['same_as_teacher']}, the same network"
+            if f.get("same_as_teacher") else "")
+    parts.append(f"full-data student ({f['arch']}, hard labels{same}) "
+                 f"{f['test_top1'] * 100:.2f}")
   if parts:
     print("ceiling: " + "; ".join(parts))
   dd = results.get("ddranking", {})

@@ -6,8 +6,8 @@ logits stored or online, INFER's static or dynamic labels, BSSL, or hard one-hot
 references' validate scripts do: AdamW + cosine, KL with temperature (hard labels: KL to the
 mixed one-hot target at T = 1, i.e. cross-entropy up to a constant).
 
-Like with like (`Plan`, `make_plan`). Every set of one comparison trains the same number of optimiser steps
-with the same batch size and the same learning-rate schedule:
+Like with like (`Plan`, `make_plan`). Every set of one comparison trains the same number of
+optimiser steps with the same batch size and the same learning-rate schedule:
 
     steps = evaluate.epochs x ceil(N_ref / b),   N_ref = the distilled set's training instances,
 

@@ -20,12 +20,12 @@ alpha and beta lie in [-1, 1] for accuracies in [0, 1], so the normalisation map
 Deliberate difference from the reference code: DD-Ranking's `validate` returns top-1 in
 percent (`accuracy` multiplies by 100) and `compute_metrics` feeds those percentages straight
 into this formula, which is normalised for fractions. A 5-point HLR then enters as alpha = -2.5
-instead of -0.025, and its "LRS" leaves [0, 1] (HLR = 30 points and IOR = 0 give -0.157). This is a scale
-error in the reference; jdd uses fractions, for which the formula was made. The scores are
-computed per evaluation seed and then averaged (mean and sample std), as the reference averages
-over its `num_eval` runs. The reference's own protocol around the formula (a learning-rate
-search per set, the best test epoch) is not copied: jdd's accuracies are validation-selected
-and step-matched (jdd.evaluation.classification).
+instead of -0.025, and its "LRS" leaves [0, 1] (HLR = 30 points and IOR = 0 give -0.157). This
+is a scale error in the reference; jdd uses fractions, for which the formula was made. The
+scores are computed per evaluation seed and then averaged (mean and sample std), as the
+reference averages over its `num_eval` runs. The reference's own protocol around the formula
+(a learning-rate search per set, the best test epoch) is not copied: jdd's accuracies are
+validation-selected and step-matched (jdd.evaluation.classification).
 """
 
 from __future__ import annotations

@@ -132,8 +132,8 @@ def infer_static(ctx: RunContext, name: str, images: np.ndarray, out_dir: str, p
 
 def infer_dynamic(ctx, name, images, out_dir, plan, rc) -> LabelSource:
   del name, images, out_dir, plan
-  return _online(ctx, rc, "dynamic", f"dynamic: the {len(label_teachers(ctx))} teachers run on every "
-                 "augmented batch, logits averaged (no label bytes)")
+  return _online(ctx, rc, "dynamic", f"dynamic: the {len(label_teachers(ctx))} teachers run on "
+                 "every augmented batch, logits averaged (no label bytes)")
 
 
 def _bssl_setup(ctx: RunContext):

@@ -224,7 +224,7 @@ def main(argv=None) -> None:
     ctx.teachers = teachers.squeeze(ctx)
     ceiling = teachers.full_data_student(ctx)
   folders = [t.card["cache_folder"] for t in ctx.teachers]
-  if ceiling is not None:
+  if ceiling is not None and ceiling["cache_folder"] not in folders:
     folders.append(ceiling["cache_folder"])
   for f in folders:
     print(f)

@@ -24,7 +24,8 @@ network and are refused.
 
 The full-data student (`full_data_student`) is the DD-Ranking ceiling: the evaluation's student
 architecture trained on the whole training split with hard labels, by the first teacher's
-squeeze recipe, through the same code and cache.
+squeeze recipe, through the same code and cache (the first teacher itself when it already is
+that network).
 """
 
 from __future__ import annotations
@@ -198,16 +199,26 @@ def squeeze(ctx: RunContext) -> list[Teacher]:
 def full_data_student(ctx: RunContext) -> dict | None:
   """The ceiling of the comparison (DD-Ranking's 'real-hard' accuracy): the student
   architecture trained on the whole training split with hard labels by the first teacher's
-  squeeze recipe; its card (val_top1, test_top1, ...), or None when `evaluate.full_data` is off."""
+  squeeze recipe; its card (val_top1, test_top1, ...), or None when `evaluate.full_data` is off.
+
+  When the first teacher was squeezed here (or found in the cache) with the student's own
+  architecture, it *is* that network: the same training on the same data, differing from a
+  second one only by its seed. Its card is returned (`same_as_teacher`) instead of training a
+  second network for half an hour of CPU.
+  """
   ec = ctx.config.evaluate
   if not ec.get("full_data", False):
     return None
-  first = teacher_specs(ctx.config)[0][1]
+  name, first, _ = teacher_specs(ctx.config)[0]
   tc = first.copy_and_resolve_references()
   with tc.unlocked():
     tc.arch = ec.student.arch
     tc.kwargs = ec.student.get("kwargs", {})
     tc.checkpoint = ""
+  loaded = {t.name: t for t in ctx.teachers}.get(name)
+  if (loaded is not None and not first.checkpoint
+      and loaded.card.get("digest") == _cache_spec(ctx, tc)[1]):
+    return {**loaded.card, "same_as_teacher": name}
   _, _, card = _squeezed(ctx, "full_data_student", tc,
                          os.path.join(ctx.workdir, "full_data_student"), "squeeze_full_data",
                          role="full_data_student")
