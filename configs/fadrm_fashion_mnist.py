@@ -67,7 +67,7 @@ def get_config(arg=None):
   c.evaluate.cosine_eta = 2.0 if c.recover.ipc <= 10 else 1.0
   c.evaluate.eval_every = c.evaluate.epochs // 10
   if args.get("smoke"):
-    fadrm.apply_smoke(c)
+    fadrm.apply_smoke(c, args)
     # 32 then 28 px: both give the ConvNet's 4x4 feature map (28 + 2 * 3 padding), so the
     # smoke run crosses a real change of resolution (upsampled, then ARC back to 28).
     c.recover.resolutions = (32, 28)

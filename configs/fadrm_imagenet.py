@@ -54,5 +54,5 @@ def get_config(arg=None):
   c.evaluate.epochs = 300
   c.evaluate.lr, c.evaluate.cosine_eta = LR_ETA.get(ipc, LR_ETA[50])
   if args.get("smoke"):
-    fadrm.apply_smoke(c)
+    fadrm.apply_smoke(c, args)
   return finalize(c)

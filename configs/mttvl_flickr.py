@@ -12,21 +12,30 @@ trained on all of Flickr30K reaches 23.16/53.98/66.62 | 33.8/65.7/76.9):
     500 pairs    MTT-VL: 6.6±0.3/20.2±1.2/30.0±2.1 | 13.3±0.6/32.8±1.8/46.8±0.8
                random: 2.4/10.5/17.4 | 5.2/18.3/25.7
 
-MTT-VL has a published script only for Flickr-100 (lr_img = lr_txt = 1000, mini-batch 100,
-syn_steps 8, max_start_epoch 2); every cell here uses it, max_start_epoch 2 included (not the
-3 of RepBlend's Flickr-500 script), with merged normalisation on COCO. Exact MTT gradient
+MTT-VL's own settings (its code, princetonvisualai/multimodal_dataset_distillation at c696fd6,
+checked line by line; jdd/configs/image_text.py MTTVL_CELL): the README's only command
+(Flickr-100: lr_img = lr_txt = 1000, syn_steps 8, expert_epochs 1, max_start_epoch 2,
+lr_lr 1e-2) and `distill.py`'s defaults where the command sets nothing (50,000 iterations,
+mini-batch 100). Every cell uses them: MTT-VL's code has no merged-branch normalisation (each
+modality is divided by its own distance), no temperature option (0.07) and no script with
+max_start_epoch 3, so the COCO merging, COCO-500's tau 0.1 and Flickr-500's max_start 3 of the
+LoRS/RepBlend scripts are not MTT-VL's and are not used. Exact MTT gradient
 (`:grad_mode=tesla` for the cheap one); the unroll uses the consistent logit scale 1/0.07
 (`--config.distill.reference_logit_scale=True` reproduces the reference's 2.66, research §3.4).
-Evaluation: 50 + 1 epochs, InfoNCE.
-Hyperparameters: research §5.2 (jdd/configs/image_text.py TM_CELLS); 3000 iterations,
-syn_steps 8, expert_epochs 1, lr_lr 1e-2, student lrs start at 0.1, outer SGD momentum 0.5.
+Evaluation: MTT-VL's evaluator (`evaluate.protocol='mttvl'`: 50 + 1 epochs, batch 64, the
+learned image lr for both modalities, momentum 0.9, weight decay 5e-4, no decay before the
+final evaluation, InfoNCE); jdd selects the epoch on val and reports test, with MTT-VL's own
+number (the final epoch's test) beside it; `:protocol=lors` evaluates with LoRS's evaluator.
+Periodic evaluation during distillation every 1000 iterations (the reference: every 50).
+Outer optimiser: SGD momentum 0.5; student lrs start at 0.1.
 
 Data (paths are read from the config only): annotations under data/flickr30k/annotations, images under
 data/flickr30k/images, bert-base-uncased in data/bert-base-uncased, the converted timm nfnet_l0 in
 data/nfnet_l0_jdd (`python -m third_party.convert_timm`). With no data on disk the run stops at
 once, says which files go where, and names the offline variant: configs/mttvl_shapes.py.
 Hardware: a GPU (no paper reports MTT-VL's time per iteration); 20 experts are trained first
-(or point experts at a finished store). Variants: `pairs=`, `grad_mode=exact|tesla`.
+(or point experts at a finished store). Variants: `pairs=`, `grad_mode=exact|tesla`,
+`protocol=mttvl|lors|edge`.
 """
 
 from jdd.configs.image_text import tm_config

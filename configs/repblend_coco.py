@@ -25,7 +25,8 @@ data/coco/images, bert-base-uncased in data/bert-base-uncased, the converted tim
 data/nfnet_l0_jdd (`python -m third_party.convert_timm`). With no data on disk the run stops at
 once, says which files go where, and names the offline variant: configs/repblend_shapes.py.
 Hardware: a GPU (the paper reports 1.71 s per iteration); 20 experts are trained first
-(or point experts at a finished store). Variants: `pairs=`, `grad_mode=exact|tesla`.
+(or point experts at a finished store). Variants: `pairs=`, `grad_mode=exact|tesla`,
+`protocol=lors|mttvl|edge` (default: LoRS's evaluator, which RepBlend's is).
 """
 
 from jdd.configs.image_text import tm_config

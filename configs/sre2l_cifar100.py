@@ -39,5 +39,5 @@ def get_config(arg=None):
   c.evaluate.temperature = 30.0
   c.evaluate.lr_per_epoch = True
   if args.get("smoke"):
-    sre2l.apply_smoke(c)
+    sre2l.apply_smoke(c, args)
   return finalize(c)

@@ -58,5 +58,5 @@ def get_config(arg=None):
   c.evaluate.epochs = 400 if c.recover.ipc <= 10 else 200
   c.evaluate.eval_every = c.evaluate.epochs // 10
   if args.get("smoke"):
-    sre2l.apply_smoke(c)
+    sre2l.apply_smoke(c, args)
   return finalize(c)

@@ -40,5 +40,5 @@ def get_config(arg=None):
   c.evaluate.temperature = 20.0
   c.evaluate.eval_every = 10
   if args.get("smoke"):
-    sre2l.apply_smoke(c)
+    sre2l.apply_smoke(c, args)
   return finalize(c)

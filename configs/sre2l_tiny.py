@@ -44,5 +44,5 @@ def get_config(arg=None):
   c.evaluate.temperature = 20.0
   c.evaluate.t_squared = True
   if args.get("smoke"):
-    sre2l.apply_smoke(c)
+    sre2l.apply_smoke(c, args)
   return finalize(c)

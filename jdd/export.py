@@ -5,7 +5,10 @@
 place of the old one. On Linux the two directories are exchanged in one `renameat2` call;
 elsewhere the old one is renamed to `W/export.old/` first, and `recover` (run before every read
 or write) finishes or undoes a swap that a kill interrupted. So a run killed at any moment
-leaves either the previous complete export or the new complete one, never a mix.
+leaves either the previous complete export or the new complete one, never a mix
+(tests/test_faults.py kills an exporting process at random points and checks exactly that with
+`verify`). A full disk while the new export is written (ENOSPC) removes the staging directory
+and raises `jdd.errors.DiskFull`, saying that the previous export is intact.
 
     with export.staged(workdir) as out:        # out: the staging directory
       export.save_npy(out, "images", images)
@@ -33,6 +36,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from jdd import checkpoint
+from jdd.errors import DiskFull, is_disk_full
 
 FORMAT = "jdd-export/1"
 MANIFEST = "manifest.json"
@@ -78,6 +82,22 @@ def read_manifest(directory: str) -> dict:
   return checkpoint.read_json(os.path.join(directory, MANIFEST))
 
 
+def verify(directory: str) -> list[str]:
+  """What is wrong with an export: no manifest, a file missing, extra, or not matching its
+  size or sha256 in the manifest's table. Empty when the export is complete."""
+  if not is_complete(directory):
+    return [f"{os.path.join(directory, MANIFEST)} is missing"]
+  table = read_manifest(directory).get("export", {}).get("files", {})
+  on_disk = file_entries(directory)
+  problems = [f"{name}: missing" for name in sorted(set(table) - set(on_disk))]
+  problems += [f"{name}: not in the manifest" for name in sorted(set(on_disk) - set(table))]
+  problems += [f"{name}: {on_disk[name]} on disk, {entry} in the manifest"
+               for name, entry in table.items()
+               if name in on_disk and (on_disk[name]["bytes"], on_disk[name]["sha256"]) !=
+               (entry["bytes"], entry["sha256"])]
+  return problems
+
+
 def recover(final: str) -> None:
   """Finishes or undoes a swap that a kill interrupted, and drops an unfinished staging dir."""
   new, old = final + ".new", final + ".old"
@@ -113,7 +133,11 @@ def _fsync_tree(root: str) -> None:
     for name in names:
       with open(os.path.join(folder, name), "rb") as f:
         os.fsync(f.fileno())
-  fd = os.open(root, os.O_RDONLY)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
   try:
     os.fsync(fd)
   finally:
@@ -123,13 +147,16 @@ def _fsync_tree(root: str) -> None:
 def commit(staging: str, final: str) -> None:
   """Puts the complete `staging` directory in the place of `final` (see the module docstring)."""
   _fsync_tree(staging)
+  parent = os.path.dirname(os.path.abspath(final))
   if os.path.exists(final) and _exchange(staging, final):
+    _fsync_dir(parent)
     shutil.rmtree(staging)   # it now holds the previous export
     return
   old = final + ".old"
   if os.path.exists(final):
     os.rename(final, old)
   os.rename(staging, final)
+  _fsync_dir(parent)
   if os.path.exists(old):
     shutil.rmtree(old)
 
@@ -148,19 +175,21 @@ def staged(workdir: str, name: str = "export") -> Iterator[Staging]:
   os.makedirs(out)
   try:
     yield out
-  except BaseException:
-    shutil.rmtree(out, ignore_errors=True)
-    raise
-  entries = file_entries(out)
-  manifest = dict(out.manifest(entries)) if out.manifest is not None else {}
-  manifest["export"] = {"format": FORMAT, "files": entries,
-                        "total_bytes": int(sum(e["bytes"] for e in entries.values()))}
-  try:
+    entries = file_entries(out)
+    manifest = dict(out.manifest(entries)) if out.manifest is not None else {}
+    manifest["export"] = {"format": FORMAT, "files": entries,
+                          "total_bytes": int(sum(e["bytes"] for e in entries.values()))}
     checkpoint.atomic_write_bytes(os.path.join(out, MANIFEST), (json.dumps(
         manifest, indent=2, sort_keys=True, default=checkpoint.json_default) + "\n").encode())
     commit(out, final)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(out, ignore_errors=True)
+    if is_disk_full(e):
+      kept = (f"the previous export in {final} is intact" if is_complete(final)
+              else "no earlier export existed")
+      raise DiskFull(f"disk full while writing the export in {out}; it was removed and {kept}. "
+                     "Free space on that disk and rerun the same command (finished stages are "
+                     "kept, so only the export is redone).", out) from e
     raise
 
 

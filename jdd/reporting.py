@@ -17,6 +17,32 @@ from typing import Mapping
 import numpy as np
 
 
+def quiet_third_party() -> None:
+  """Silences other libraries' start-up and probing lines where they start (the command line
+  calls this first, before anything imports TensorFlow or XLA):
+
+  * TF_CPP_MIN_LOG_LEVEL=1 (unless the user set it): TensorFlow's CPU-feature and oneDNN
+    notices and C++ absl's "log messages before absl::InitializeLog()" are INFO lines of the
+    C++ logging of TF and XLA; their warnings and errors still show;
+  * tensorflow_datasets' Python warnings below ERROR (its probing of folders that are not a
+    prepared dataset: jdd says itself, in one message, where it looked and what to do).
+
+  jdd's own output is printed, never logged, so nothing of it is hidden.
+  """
+  import logging
+  from absl import logging as absl_logging  # first: it makes "absl" an ABSLLogger
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  logger = absl_logging.get_absl_logger()
+  if not any(isinstance(f, _QuietTfds) for f in logger.filters):
+    logger.addFilter(_QuietTfds())
+
+
+class _QuietTfds:
+  def filter(self, record) -> bool:
+    import logging
+    return record.levelno >= logging.ERROR or "tensorflow_datasets" not in record.pathname
+
+
 def create_writer(workdir: str):
   """TensorBoard events plus absl logging under workdir/logs."""
   from clu import metric_writers  # imports TensorFlow: keep it off the module import path.

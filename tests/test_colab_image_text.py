@@ -12,7 +12,9 @@ from tests.test_colabs import run_at_small_scale
 
 def test_image_text_notebook_runs_at_small_scale(tmp_path, monkeypatch):
   ns = run_at_small_scale("image_text", tmp_path, monkeypatch)
-  assert set(ns["sets"]) == {"distilled_repblend", "random_10"}
+  assert set(ns["sets"]) == {"distilled_repblend", "random_10", "random_10_learned_lr"}
+  assert [(c["a"], c["b"]) for c in ns["results"]["comparisons"]] == [
+      ("distilled_repblend", "random_10"), ("distilled_repblend", "random_10_learned_lr")]
   for r in ns["sets"].values():
     for m in METRICS:
       assert 0.0 <= r["summary"]["test"][m]["mean"] <= 100.0

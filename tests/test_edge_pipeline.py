@@ -86,6 +86,76 @@ def test_export_reloads_through_captions(smoke_run):
                                 edge.draw_queries(n_captions, 6, manifest["seed"]))
 
 
+def test_oracle_path_returns_the_real_pairs(tmp_path):
+  """The oracle through the export writer and reader gives back exactly the real pairs of the
+  query captions (normalised real pixels, the cached caption embeddings), so it must score like
+  a random real subset: a generated export with noise images goes in, real pairs come out."""
+  import ml_collections
+  from jdd.data.captions import CLIP_MEAN, CLIP_STD, load_caption_dataset
+  from jdd.data.shapes_captions import ensure_shapes_captions, shapes_captions_config
+  from jdd.loop import RunContext
+  from jdd.models.retrieval import RetrievalModel, normalize_images
+  from jdd.stages import edge_export
+  from jdd.stages.image_text import Evaluator
+  path = ensure_shapes_captions(str(tmp_path / "data"), train=12, val=4, test=4, image_size=16)
+  data = load_caption_dataset(ml_collections.ConfigDict(shapes_captions_config(path)))
+  config = ml_collections.ConfigDict(dict(seed=0, log_every=1, checkpoint_every=1,
+                                          text_encoder=dict(path="minilm")))
+  ctx = RunContext.standalone(config, str(tmp_path / "w"), {}, data=data)
+  ids = np.array([7, 0, 33, 58])
+  noise = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+  caps = [[data.train.captions[i]] for i in ids]
+  edge_export.write_pairs(ctx, "export", noise, caps, {
+      "method": "edge", "seed": 0, "query_caption_ids": ids.tolist(),
+      "prompts": [c[0] for c in caps]})
+  oracle = edge_export.oracle_export(ctx)
+  assert oracle["method"] == "oracle_real_queries" and oracle["num_pairs"] == 4
+  # One embedding per distinct caption string, as a text encoder gives (captions repeat).
+  rng = np.random.default_rng(1)
+  table = {c: rng.normal(size=5).astype("f4") for c in dict.fromkeys(data.train.captions)}
+  texts = {"train": np.stack([table[c] for c in data.train.captions])}
+  ev = Evaluator(RetrievalModel(None, 8, train_backbone=True), {}, {}, {})
+  pairs = edge_export.exported_pairs(ctx, ev, oracle, texts, name="oracle")
+  real = data.load_images("train", data.train.image_index[ids], dtype="uint8")
+  np.testing.assert_array_equal(pairs.images, normalize_images(real, CLIP_MEAN, CLIP_STD))
+  np.testing.assert_array_equal(pairs.texts, texts["train"][ids])
+  again = edge_export.exported_pairs(ctx, ev, export_manifest := json.load(open(
+      os.path.join(ctx.workdir, "export", "manifest.json"))), texts)
+  assert export_manifest["query_caption_ids"] == ids.tolist()
+  np.testing.assert_array_equal(again.texts, pairs.texts)        # same captions, other pixels
+  assert not np.array_equal(again.images, pairs.images)
+
+
+@pytest.mark.slow
+def test_oracle_and_no_finetune_checks(smoke_run):
+  """The oracle holds the REAL train images of the export's query captions, with the export's
+  captions, written and read back through the same path; the ablation samples the same queries
+  with the pretrained U-Net. Both are scored and compared with the random subset."""
+  base, work, results = smoke_run
+  from jdd.stages.image_text import load_data
+  data = load_data(smoke_config(base / "data"))
+  export_m = json.load(open(os.path.join(work, "export", "manifest.json")))
+  oracle_m = json.load(open(os.path.join(work, "oracle", "manifest.json")))
+  assert oracle_m["query_caption_ids"] == export_m["query_caption_ids"]
+  got = read_train_annotations(os.path.join(work, "oracle", oracle_m["annotation"]), 30)
+  assert list(got.captions) == export_m["prompts"]
+  real = data.load_images("train", data.train.image_index[export_m["query_caption_ids"]],
+                          dtype="uint8")
+  for i, rel in enumerate(got.image_paths):                # PNG round trip: the real pixels
+    np.testing.assert_array_equal(load_image(os.path.join(work, "oracle", rel), 32, "uint8"),
+                                  real[i])
+  ablation = json.load(open(os.path.join(work, "no_finetune", "manifest.json")))
+  assert ablation["query_caption_ids"] == export_m["query_caption_ids"]
+  assert ablation["files"] != export_m["files"]            # other U-Net weights, other pixels
+  for name in ("oracle_real_queries", "edge_no_finetune"):
+    assert results[name]["num_pairs"] == 6
+  pairs = {(c["a"], c["b"]) for c in results["comparisons"]}
+  assert {("distilled_edge", "random_6"), ("oracle_real_queries", "random_6"),
+          ("edge_no_finetune", "random_6"), ("distilled_edge", "edge_no_finetune")} <= pairs
+  assert results["protocol"]["name"] == "edge" and results["model"]["train_backbone"]
+  assert os.path.exists(os.path.join(work, "eval", "curves.png"))
+
+
 @pytest.mark.slow
 def test_resume_after_interruption_is_bit_exact(smoke_run, tmp_path):
   base, work, results = smoke_run

@@ -294,3 +294,29 @@ def test_distill_seeds_reports_the_spread_over_distilled_sets(tmp_path):
   assert ds["difference"]["n"] == 2
   # The teachers are the parent's: no squeeze under the sub-run's workdir.
   assert not (tmp_path / "w" / "distill_seeds" / "seed1" / "teacher").exists()
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("evaluate.label_modes", ("hard",), "'soft'"),
+    ("evaluate.label_modes", ("soft", "noisy"), "['noisy'] are not label modes"),
+    ("evaluate.subset_draws", -1, "subset_draws=-1"),
+    ("evaluate.distill_seeds", 0, "distill_seeds=0"),
+])
+def test_comparison_fields_are_validated_before_any_work(field, value, words):
+  from jdd import validation
+  from jdd.errors import ConfigError
+  c = load_config(CONFIG + ":smoke")
+  override(c, **{field: value})
+  with pytest.raises(ConfigError) as e:
+    validation.check(c, "classification")
+  assert field in str(e.value) and words in str(e.value)
+
+
+def test_fadrm_patch_difficulty_is_validated():
+  from jdd import validation
+  from jdd.errors import ConfigError
+  c = load_config(os.path.join(ROOT, "configs", "fadrm_fashion_mnist.py") + ":smoke")
+  validation.check(c, "classification")
+  override(c, **{"recover.init.difficulty": "median"})
+  with pytest.raises(ConfigError, match="recover.init.difficulty"):
+    validation.check(c, "classification")

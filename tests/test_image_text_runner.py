@@ -30,6 +30,16 @@ def test_experts_shapes_smoke_end_to_end(tmp_path):
         cell = summary[block][m]
         assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0
     assert summary["num_seeds"] == 2
+    assert set(summary["curve"]) == {"epochs", "val_r_mean", "test_r_mean"}
+  # The random subset is drawn twice (different keys), each draw trained with both seeds.
+  rand = on_disk["random_20"]
+  assert rand["draws"] == rand["summary"]["num_draws"] == 2
+  assert rand["summary"]["num_runs"] == 4 and len(rand["seed_r_mean"]) == 2
+  draws = [d["per_seed"][0]["test"]["r_mean"] for d in rand["per_draw"]]
+  assert rand["seed_r_mean"][0] == pytest.approx(sum(draws) / 2)
+  assert on_disk["comparisons"] == []                     # no distilled set to compare
+  assert os.path.getsize(os.path.join(work, "eval", "curves.png")) > 0
+  assert on_disk["protocol"]["name"] == "lors"
   assert on_disk["full_train"]["num_pairs"] == 600        # 120 images x 5 captions
   ex = on_disk["experts"]
   assert ex["finished"] == ex["num_experts"] == 2 and ex["epochs_stored"] == [0, 1, 2]

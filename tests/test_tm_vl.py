@@ -196,6 +196,13 @@ def test_end_to_end_smoke_and_bit_exact_resume(tmp_path):
   assert r["num_pairs"] == 9 and r["pairs_budget"] == 10
   assert set(r["summary"]["test"]) >= {"img_r1", "img_r5", "img_r10", "txt_r1", "r_mean"}
   assert "random_10" in results
+  # Like with like: the random subset again at the distilled set's learned learning rates.
+  lrs = results["distill"]["learned_lrs"]
+  matched, default = results["random_10_learned_lr"], results["random_10"]
+  assert (matched["lr_image"], matched["lr_text"]) == pytest.approx((lrs["image"], lrs["text"]))
+  assert default["lr_image"] is None and matched["draws"] == default["draws"] == 2
+  assert [(c["a"], c["b"]) for c in results["comparisons"]] == [
+      ("distilled_repblend", "random_10"), ("distilled_repblend", "random_10_learned_lr")]
   d = results["distill"]
   assert d["budget"]["synthetic_pairs"] == 9
   # logged every 2 iterations and at each checkpoint (every 3)

@@ -30,7 +30,7 @@ FASHION_MNIST_AUX_TEACHER_RECIPE = dict(FASHION_MNIST_TEACHER_RECIPE, epochs=5)
 
 # The smoke variants' ConvNet-3 (teacher and student) and their one-epoch teacher recipe.
 SMOKE_CONVNET = {"width": 16, "depth": 3}
-SMOKE_TEACHER_RECIPE = dict(epochs=1, batch_size=128, optimizer="sgd", lr=0.05)
+SMOKE_TEACHER_RECIPE = dict(epochs=1, batch_size=128, optimizer="sgd", lr=0.05, warmup_epochs=0)
 
 
 def dataset_config(**fields) -> ml_collections.ConfigDict:

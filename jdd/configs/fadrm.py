@@ -18,6 +18,7 @@ Field names follow jdd.configs.classification (SRe2L's). What FADRM adds (see do
 
 import ml_collections
 
+from jdd.config import smoke_value
 from jdd.configs import classification, new_config
 from jdd.configs.classification import teacher
 
@@ -77,15 +78,15 @@ def patch_init(c, candidates: int, factor: int, crops: int = 5, scale=(0.5, 1.0)
   c.recover.init.crop_scale = scale
 
 
-def apply_smoke(c: ml_collections.ConfigDict) -> None:
+def apply_smoke(c: ml_collections.ConfigDict, args: dict | None = None) -> None:
   """Shrinks any FADRM config to a CPU run of a minute or two: two tiny ConvNet teachers
-  (BN and no-BN under `:plus`), 2 stages x 8 steps, fp32."""
+  (BN and no-BN under `:plus`), IPC 2 (or the variant's `ipc`), 2 stages x 8 steps, fp32."""
   small = classification.SMOKE_TEACHER_RECIPE
   convnet = classification.SMOKE_CONVNET
   teachers = {"convnet_bn": teacher("convnet", convnet, **small),
               "convnet_in": teacher("convnet", {**convnet, "norm": "instancenorm"}, **small)}
   select_teachers(c, teachers, ("convnet_bn", "convnet_in") if c.plus else ("convnet_bn",))
-  c.recover.ipc = 2
+  c.recover.ipc = int(smoke_value(args, "ipc", 2))
   # Smoke teachers are ConvNets (flattening head), so every stage keeps the full resolution.
   size = c.dataset.image_size or c.recover.resolutions[-1]
   c.recover.resolutions = (size, size)
@@ -126,7 +127,7 @@ def imagenet_subset_config(args, *, fadrm_lr: float, order, relabel_batch: int,
   c.evaluate.batch_size = relabel_batch if ipc > 1 else 10
   c.evaluate.lr, c.evaluate.cosine_eta = lr_eta.get(ipc, lr_eta[10])
   if args.get("smoke"):
-    apply_smoke(c)
+    apply_smoke(c, args)
     c.dataset.image_size = 32
     c.recover.resolutions = (32, 32)
   return c

@@ -13,8 +13,9 @@ text encoder and a small NFNet pretrained here, so the pipeline runs with no dow
 
 import ml_collections
 
-from jdd.config import check_variant_keys, finalize, parse_arg
+from jdd.config import check_variant_keys, finalize, parse_arg, smoke_value
 from jdd.configs import new_config
+from jdd.evaluation import retrieval_protocols as protocols
 from jdd.methods import lors, mttvl, repblend, tm_vl
 from jdd.models.nfnet import NFNET_TINY
 
@@ -59,9 +60,17 @@ def base_config() -> ml_collections.ConfigDict:
                          # 0..max_start_epoch + expert_epochs
       shard=""))         # 'i/n': this process trains experts i, i+n, ...
 
+  # The retrieval evaluator. `protocol` names the reference evaluator whose optimiser and
+  # schedule the fields below hold (jdd.evaluation.retrieval_protocols; `apply_protocol` writes
+  # them, and a run refuses fields that contradict the name): 'lors' | 'mttvl' | 'edge' |
+  # 'custom'.
   c.evaluate = ml_collections.ConfigDict(dict(
-      epochs=100, batch_size=128, lr_image=0.1, lr_text=0.1, momentum=0.9, weight_decay=5e-4,
-      lr_step=True, eval_every=20, loss="wbce", seeds=3,
+      protocol="lors", epochs=100, batch_size=128, batching="first", lr_image=0.1, lr_text=0.1,
+      shared_lr=False, momentum=0.9, weight_decay=5e-4, lr_step=True, augment=False,
+      extra_epoch=True, grid="start", reference="best_test", eval_every=20, loss="wbce",
+      seeds=3,
+      draws=3,                     # random-subset draws per random_N row (different keys)
+      learned_lr_baselines=True,   # random_N again at a distilled set's learned lrs, S = I
       baselines=("random_100",),
       full_train_epochs=10))  # the 'full_train' baseline's epochs (0: evaluate.epochs)
 
@@ -91,9 +100,22 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def apply_protocol(c: ml_collections.ConfigDict, name: str) -> None:
+  """Writes reference evaluator `name`'s fields (retrieval_protocols.PROTOCOLS) into
+  `c.evaluate`: what it fixes, its loss when it has its own, and its epochs and scoring
+  interval (which a config may change afterwards)."""
+  if name not in protocols.PROTOCOLS:
+    raise ValueError(f"protocol={name!r}: choose one of {sorted(protocols.PROTOCOLS)}")
+  p = protocols.PROTOCOLS[name]
+  c.evaluate.protocol = name
+  c.evaluate.update(protocols.fixed_values(name))
+  c.evaluate.epochs = p.epochs
+  c.evaluate.eval_every = p.eval_every
+
+
 def apply_offline(c: ml_collections.ConfigDict, root: str = "runs/data") -> None:
-  """jdd's offline substitutes (generated shapes_captions, MiniLM, a small pretrained NFNet)
-  and the offline variants' one evaluation protocol: 100 epochs, scored every 20, 3 seeds."""
+  """jdd's offline substitutes (generated shapes_captions, MiniLM, a small pretrained NFNet);
+  every set evaluated with 3 seeds, every random subset drawn 3 times."""
   c.dataset.name = "shapes_captions"
   c.dataset.generate = True
   c.dataset.root = root
@@ -103,9 +125,8 @@ def apply_offline(c: ml_collections.ConfigDict, root: str = "runs/data") -> None
   c.image_encoder.kwargs = ml_collections.ConfigDict(dict(NFNET_TINY))
   c.image_encoder.feature_dim = NFNET_TINY["num_features"]
   c.image_encoder.checkpoint = ""
-  c.evaluate.epochs = 100
-  c.evaluate.eval_every = 20
   c.evaluate.seeds = 3
+  c.evaluate.draws = 3
 
 
 def apply_paper_data(c: ml_collections.ConfigDict, dataset: str, reference: str) -> None:
@@ -139,6 +160,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
   c.evaluate.epochs = 4
   c.evaluate.eval_every = 2
   c.evaluate.seeds = 2
+  c.evaluate.draws = 2
   c.evaluate.baselines = ("random_20",)
   c.evaluate.full_train_epochs = 2
   c.log_every = 5
@@ -165,12 +187,18 @@ TM_CELLS = {
                         sim_rank=40, sim_alpha=1.0, mini_batch=20, merge_branches=True,
                         temperature=0.1, lors=dict(mini_batch=30)),
 }
-# MTT-VL's README command (Flickr 100; no other cell has a published script, so every MTT-VL
-# cell uses it): lr_img = lr_txt = 1000, mini-batch 100 (argparse default), all pairs.
-MTTVL_CELL = dict(max_start_epoch=2, lr_img=1000.0, lr_txt=1000.0, mini_batch=100)
-# The fields MTT-VL keeps of a RepBlend cell before its own script is applied (which sets
-# max_start_epoch = 2 again: Flickr-500's 3 is not used by MTT-VL).
-MTTVL_KEEPS = ("max_start_epoch", "merge_branches", "temperature", "eval_every")
+# MTT-VL's own settings (princetonvisualai/multimodal_dataset_distillation at c696fd6): its
+# README command, the only published one (Flickr 100: syn_steps 8, expert_epochs 1,
+# max_start_epoch 2, lr_img = lr_txt = 1000, lr_lr 1e-2), and its `distill.py` defaults where
+# the command sets nothing (Iteration 50,000, mini-batch 100). Its code has no option for the
+# settings LoRS/RepBlend scripts add per cell: the trajectory loss always normalises each
+# modality by its own distance (no `--merge_loss_branches`), the unroll's temperature is fixed
+# at 0.07 (no tau 0.1 for COCO-500), and no script raises max_start_epoch to 3 (Flickr-500).
+# So every MTT-VL cell uses the values below and none of a RepBlend cell's; the periodic
+# evaluation during distillation runs every 1000 iterations (the reference: 5 networks every
+# 50, i.e. 1000 evaluations in a 50,000-iteration run).
+MTTVL_CELL = dict(max_start_epoch=2, lr_img=1000.0, lr_txt=1000.0, mini_batch=100,
+                  iterations=50000, merge_branches=False, temperature=0.0, eval_every=1000)
 
 
 def apply_method(c: ml_collections.ConfigDict, spec: tm_vl.MethodSpec) -> None:
@@ -189,15 +217,14 @@ def apply_method(c: ml_collections.ConfigDict, spec: tm_vl.MethodSpec) -> None:
 
 def cell_settings(method: str, dataset: str, pairs: int) -> dict:
   """The `distill` fields of a paper cell for `method` (the offline variant uses Flickr-100's):
-  the RepBlend script, with LoRS's departures, or MTT-VL's one script (its mini-batch capped
-  at the pair count) with the dataset's settings."""
+  the RepBlend script, with LoRS's departures, or MTT-VL's own settings (`MTTVL_CELL`, its
+  mini-batch capped at the pair count) whatever the dataset."""
   cell = dict(TM_CELLS[("flickr30k", 100) if dataset == "shapes_captions" else (dataset, pairs)])
   lors_departures = cell.pop("lors", {})
   if method == "lors":
     cell.update(lors_departures)
   if method == "mttvl":
-    cell = {k: v for k, v in cell.items() if k in MTTVL_KEEPS}
-    cell.update(MTTVL_CELL)
+    cell = dict(MTTVL_CELL)
     cell["mini_batch"] = min(cell["mini_batch"], pairs)
   return cell
 
@@ -223,41 +250,48 @@ def apply_offline_tm(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every = 50
 
 
-def apply_smoke_tm(c: ml_collections.ConfigDict) -> None:
-  """The trajectory-matching smoke: `apply_smoke`, then 10 pairs distilled for 6 iterations of
-  3 student steps."""
+def apply_smoke_tm(c: ml_collections.ConfigDict, args: dict | None = None) -> None:
+  """The trajectory-matching smoke: `apply_smoke`, then 10 pairs (or the variant's `pairs`)
+  distilled for 6 iterations of 3 student steps."""
   apply_smoke(c)
   c.experts.epochs = c.experts.keep_epochs
-  c.distill.pairs = 10
+  pairs = int(smoke_value(args, "pairs", 10))
+  c.distill.pairs = pairs
   c.distill.iterations = 6
   c.distill.syn_steps = 3
-  c.distill.mini_batch = 4
+  c.distill.mini_batch = max(1, min(4, pairs - 1))
   c.distill.sim_rank = 2
   c.distill.eval_every = 4
-  c.evaluate.baselines = ("random_10",)
+  c.evaluate.baselines = (f"random_{pairs}",)
   c.evaluate.epochs = 2
   c.evaluate.eval_every = 1
   c.log_every = 2
   c.checkpoint_every = 3
 
 
+def default_protocol(method: str) -> str:
+  """The evaluator of a method's own paper: MTT-VL's for MTT-VL, LoRS's for LoRS and RepBlend
+  (RepBlend's `src/epoch.py` is LoRS's), EDGE's for EDGE."""
+  return {"mttvl": "mttvl", "edge": "edge"}.get(method, "lors")
+
+
 def tm_config(method: str, dataset: str, arg, name: str) -> ml_collections.ConfigDict:
   """A trajectory-matching config: a paper cell (`pairs=100|200|500`, `smoke`) or, for
-  dataset='shapes_captions', jdd's offline variant (100 pairs vs the random 100 subset)."""
+  dataset='shapes_captions', jdd's offline variant (100 pairs vs the random 100 subset);
+  `protocol=lors|mttvl|edge` evaluates with another reference's evaluator."""
   args = parse_arg(arg)
-  check_variant_keys(args, {"pairs", "smoke", "grad_mode"}, name)
+  check_variant_keys(args, {"pairs", "smoke", "grad_mode", "protocol"}, name)
   c = base_config()
   apply_method(c, SPECS[method])
   # `smoke` of a paper config runs its cell's settings on the offline data (a CPU minute).
   offline = dataset == "shapes_captions" or bool(args.get("smoke"))
   c.offline_variant = f"configs/{method}_shapes.py"
   pairs = read_pairs(args, dataset, name)
-  if method == "mttvl":
-    c.evaluate.epochs = 50      # MTT-VL trains evaluation models for 50 + 1 epochs (not offline)
   if offline:
     apply_offline(c)
   else:
     apply_paper_data(c, dataset, reference="lors" if method == "lors" else "repblend")
+  apply_protocol(c, str(args.get("protocol", default_protocol(method))))
   c.distill.pairs = pairs
   c.distill.update(cell_settings(method, dataset, pairs))
   # COCO-500 distils at tau 0.1 while experts and evaluation use 0.07 (research §9 #5): kept
@@ -269,5 +303,5 @@ def tm_config(method: str, dataset: str, arg, name: str) -> ml_collections.Confi
   if "grad_mode" in args:
     c.distill.grad_mode = str(args["grad_mode"])
   if args.get("smoke"):
-    apply_smoke_tm(c)
+    apply_smoke_tm(c, args)
   return finalize(c)

@@ -8,6 +8,7 @@ driver (jdd/stages/teachers.py): each entry is a `classification.teacher` block.
 
 import ml_collections
 
+from jdd.config import smoke_value
 from jdd.configs import classification, new_config
 from jdd.configs.classification import teacher
 
@@ -52,15 +53,16 @@ def cifar_teachers(c: ml_collections.ConfigDict, epochs: int = 200) -> None:
       "shufflenet_g2": teacher("shufflenet_g2", {"variant": "cifar"}, epochs=epochs)})
 
 
-def apply_smoke(c: ml_collections.ConfigDict) -> None:
+def apply_smoke(c: ml_collections.ConfigDict, args: dict | None = None) -> None:
   """Shrinks any INFER config to a CPU run of a minute (what the tests use): two tiny teachers
   of different architectures squeezed for one epoch on 2000 images, IPC 3 (2 real images per
-  class + 2 x 2 compensators), 10 recover iterations, 4 student epochs."""
+  class + 2 x 2 compensators; or the variant's `ipc`), 10 recover iterations, 4 student
+  epochs."""
   tiny = classification.SMOKE_TEACHER_RECIPE
   set_compensator_teachers(c, {
       "convnet": teacher("convnet", {"width": 8, "depth": 2}, **tiny),
       "resnet18": teacher("resnet18", {"stem": "cifar", "width": 4}, **tiny)})
-  c.recover.ipc = 3
+  c.recover.ipc = int(smoke_value(args, "ipc", 3))
   c.recover.iterations = 10
   c.recover.groups_per_step = 4
   classification.shrink(c, student_epochs=4, eval_every=2, log_every=5)
@@ -79,6 +81,6 @@ def apply_variants(c: ml_collections.ConfigDict, args: dict) -> None:
   """The variants every INFER config accepts, in their one valid order: `smoke` first (it
   replaces the teachers), then `dynamic` (its epoch rule counts them)."""
   if args.get("smoke"):
-    apply_smoke(c)
+    apply_smoke(c, args)
   if args.get("dynamic"):
     apply_dynamic(c)

@@ -8,6 +8,7 @@ epoch and batch (`relabel.mode='stored'`, counted in the manifest) or computed o
 
 import ml_collections
 
+from jdd.config import smoke_value
 from jdd.configs import classification, new_config
 
 
@@ -22,14 +23,14 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def apply_smoke(c: ml_collections.ConfigDict) -> None:
+def apply_smoke(c: ml_collections.ConfigDict, args: dict | None = None) -> None:
   """Shrinks any SRe2L config to a CPU run of a minute or two (what the tests use): the cell's
   teacher becomes a ConvNet-3 squeezed for one epoch (its other recipe fields stay the cell's),
-  IPC 2, 20 recover iterations, 6 student epochs."""
+  IPC 2 (or the variant's `ipc`), 20 recover iterations, 6 student epochs."""
   c.teacher.arch = "convnet"
   c.teacher.kwargs = ml_collections.ConfigDict(classification.SMOKE_CONVNET)
   c.teacher.update(classification.SMOKE_TEACHER_RECIPE)
-  c.recover.ipc = 2
+  c.recover.ipc = int(smoke_value(args, "ipc", 2))
   c.recover.iterations = 20
   c.recover.groups_per_step = 2
   classification.shrink(c, student_epochs=6, eval_every=3, log_every=10)

@@ -17,8 +17,12 @@ the caption JSON (`convert_results_to_coco.py`) and score with LoRS's retrieval 
     sample     pairs from seeded real training captions, caption synthesis, export
                -> W/export/{images/, annotations/, grid.png, manifest.json}
                                                                (jdd.stages.edge_export)
-    evaluate   the trajectory methods' retrieval evaluator on the exported pairs and on the same
-               random subset                        -> W/eval/, W/results.json
+    checks     `edge.checks`: the same queries sampled with the pretrained, un-fine-tuned
+               U-Net (-> W/no_finetune/), and the oracle: the real images of the same query
+               captions through the same writer and reader (-> W/oracle/)
+    evaluate   the retrieval evaluator (EDGE's own protocol by default, `evaluate.protocol`)
+               on the exported pairs, the checks and the random subset drawn several times;
+               paired comparisons and curves   -> W/eval/, W/results.json
 
 Backends (`config.edge.backend`, `jdd.stages.edge_backends`): 'sd', converted SD-1.5 weights
 (the reference); 'offline', jdd's small stand-ins trained here.
@@ -33,10 +37,16 @@ from __future__ import annotations
 import dataclasses
 
 from jdd import caption_synthesis
+from jdd.evaluation import retrieval_protocols as protocols
 from jdd.loop import RunContext
 from jdd.methods import edge
 from jdd.stages import edge_backends, edge_export, edge_finetune, image_text
 from jdd.stages.edge_backends import timer
+
+# The checks beside EDGE's set (issue 15): its queries sampled without fine-tuning, and the
+# real images of its queries through the same export and evaluation path.
+NO_FINETUNE, ORACLE = "edge_no_finetune", "oracle_real_queries"
+CHECKS = ("no_finetune", "oracle")
 
 load_data = image_text.load_data
 print_summary = image_text.print_summary
@@ -55,6 +65,10 @@ def check(config) -> None:
     raise ValueError(f"edge.synthesizer={ec.synthesizer!r}: choose one of "
                      f"{sorted(caption_synthesis.SYNTHESIZERS)} ('image_retrieval' is offline "
                      "only: its caption bank is the offline loss CLIP's embedding table)")
+  unknown = sorted(set(ec.checks) - set(CHECKS))
+  if unknown:
+    raise ValueError(f"edge.checks has {unknown}: choose from {list(CHECKS)}")
+  protocols.check_config(config)
   if ec.backend == "sd":
     edge_backends.check_sd_files(config)   # missing weights stop the run at once
 
@@ -81,6 +95,14 @@ def run(ctx: RunContext) -> dict:
       ec.synthesizer == "image_retrieval" and ec.backend == "offline") else None
   manifest = edge_export.sample_and_export(ctx, setup, unet_vars, enc.texts, embed)
   timings["sample_export"] = t()
+  checks = {}
+  if "no_finetune" in ec.checks:
+    t = timer()
+    checks[NO_FINETUNE] = ("no_finetune", edge_export.sample_and_export(
+        ctx, setup, setup.unet_vars, enc.texts, embed, name="no_finetune", label=NO_FINETUNE))
+    timings["sample_export_no_finetune"] = t()
+  if "oracle" in ec.checks:
+    checks[ORACLE] = ("oracle", edge_export.oracle_export(ctx))
   t = timer()
   ev = image_text.evaluator(ctx, enc)
   pairs = edge_export.exported_pairs(ctx, ev, manifest, enc.texts)
@@ -93,7 +115,12 @@ def run(ctx: RunContext) -> dict:
                                                          "synthesizer")}}
   results["distilled_edge"] = {"pairs_budget": int(ec.pairs),
                                **image_text.evaluate_named(ctx, ev, "distilled_edge", pairs)}
+  for label, (folder, m) in checks.items():
+    results[label] = {"folder": folder, **image_text.evaluate_named(
+        ctx, ev, label, edge_export.exported_pairs(ctx, ev, m, enc.texts, name=folder))}
   results.update(image_text.evaluate_baselines(ctx, ev, enc.texts))
+  image_text.finish_results(ctx, results, ["distilled_edge", *checks],
+                            extra_pairs=(("distilled_edge", NO_FINETUNE),))
   timings["evaluate"] = t()
   results["stage_seconds_this_process"] = timings
   return results

@@ -6,9 +6,11 @@ distill, evaluate, each skipped or resumed from what the workdir holds.
                                                                   (jdd.stages.experts)
     distill    trajectory matching of `config.method` -> W/checkpoints/distill, W/distill/,
                W/export/                                          (jdd.stages.distill)
-    evaluate   the retrieval evaluator on the distilled pairs and on the configured real-pair
-               sets (random subset, herding subset, the full train split), several seeds
-                                                                  -> W/eval/, W/results.json
+    evaluate   the retrieval evaluator (`evaluate.protocol`) on the distilled pairs and on
+               the configured real-pair sets (random subset drawn `evaluate.draws` times, at
+               the evaluator's default and at the distilled set's learned learning rates;
+               herding subset; the full train split), several seeds; paired comparisons
+               and curves                                         -> W/eval/, W/results.json
 
 Each method is its `SPEC` (`jdd.methods.<method>`): what it trains, matches and learns.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+from jdd.evaluation import retrieval_protocols as protocols
 from jdd.methods import lors, mttvl, repblend
 from jdd.stages import distill, experts, image_text
 
@@ -28,6 +31,7 @@ def check(config) -> None:
   if config.method not in METHODS:
     raise ValueError(f"config.method={config.method!r} is not a trajectory-matching method "
                      f"({list(METHODS)})")
+  protocols.check_config(config)
 
 
 load_data = image_text.load_data
@@ -51,5 +55,7 @@ def run(ctx) -> dict:
     name = f"distilled_{config.method}"
     results[name] = {"pairs_budget": int(config.distill.pairs),
                      **image_text.evaluate_named(ctx, ev, name, pairs)}
-  results.update(image_text.evaluate_baselines(ctx, ev, enc.texts))
-  return results
+  else:
+    name, pairs = None, None
+  results.update(image_text.evaluate_baselines(ctx, ev, enc.texts, learned=pairs))
+  return image_text.finish_results(ctx, results, [name] if name else [])

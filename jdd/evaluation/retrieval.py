@@ -6,15 +6,18 @@ is trained on the N pairs with SGD (momentum 0.9, coupled weight decay 5e-4), th
 learning rates per modality, a x0.1 step at epoch Epoch // 2 + 1, for Epoch + 1 epochs of
 ceil(N / 128) batches, each batch the first min(128, N) indices of a fresh permutation, loss WBCE
 against the (learned) similarity S[B, B]. Test recall is computed at every `eval_every` epochs and
-the reference reports the evaluation point with the best *test* r_mean.
+the reference reports the evaluation point with the best *test* r_mean. That is the `'lors'`
+protocol; MTT-VL's and EDGE's evaluators are the `'mttvl'` and `'edge'` protocols
+(`jdd.evaluation.retrieval_protocols`, `evaluate.protocol`).
 
 jdd differs on purpose (research §6, DESIGN.md "honest evaluation"):
 
 * the evaluation point is selected on the **val** split and the test recalls at that point are
-  the headline; the reference's number (best test r_mean over the evaluation points) is reported
-  beside it as `reference_protocol_best_test`, labelled as such;
+  the headline; the protocol's own number (best test r_mean over its evaluation points, or the
+  final epoch's test) is reported beside it as `reference_protocol_best_test` /
+  `reference_protocol_final_epoch_test`, labelled as such;
 * several evaluation seeds, each its own fresh heads, batch order and dropout, reported as
-  mean +- std;
+  mean +- std (sample std, `jdd.evaluation.stats`);
 * every random draw is `fold_in` of the seed, so a rerun reproduces the numbers.
 
 `evaluate_pairs` scores any set of pairs: a distilled set (with its learned S and learning
@@ -24,7 +27,6 @@ rates) or random / herding subsets of real pairs, the baselines every table repo
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jdd.data import augment as augment_lib
+from jdd.evaluation import retrieval_protocols as protocols
+from jdd.evaluation import stats
 from jdd.evaluation.retrieval_metrics import retrieval_metrics, score_matrix
 from jdd.loop import host_rng
 from jdd.models.retrieval import RetrievalModel
@@ -77,14 +82,31 @@ def _sgd(weight_decay: float, momentum: float) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum))
 
 
+def augment_images(key: jax.Array, images: jax.Array) -> jax.Array:
+  """The 'edge' protocol's train augmentation on a (normalised) pixel batch: per image, a
+  RandomResizedCrop back to the input size (scale 0.5-1) and a horizontal flip."""
+  kc, kf = jax.random.split(key)
+  out = augment_lib.random_resized_crop(kc, images, images.shape[1:3],
+                                        scale=protocols.AUGMENT_SCALE, per_image=True)
+  return augment_lib.random_flip(kf, out, per_image=True)
+
+
 def make_train_step(model: RetrievalModel, *, loss: str, features: bool, weight_decay: float,
-                    momentum: float, temperature: float | None = None):
-  """`step(params, opt_state, frozen, images, texts, sim, rng, lr_img, lr_txt)` (jit it once)."""
+                    momentum: float, temperature: float | None = None, augment: bool = False):
+  """`step(params, opt_state, frozen, images, texts, sim, rng, lr_img, lr_txt)` (jit it once).
+  `augment` draws `augment_images` from `rng` (pixels only: cached features cannot be cropped)."""
   opt = _sgd(weight_decay, momentum)
   if loss not in ("wbce", "infonce"):
     raise ValueError(f"loss must be 'wbce' or 'infonce', got {loss!r}")
+  if augment and features:
+    raise ValueError("evaluate.augment crops and flips pixels, but this evaluator trains on "
+                     "frozen-backbone features: set model.train_backbone=True (EDGE's evaluator "
+                     "trains the NFNet) or choose a protocol without augmentation")
 
   def loss_fn(params, frozen, images, texts, sim, rng):
+    if augment:
+      rng, akey = jax.random.split(rng)
+      images = augment_images(akey, images)
     logits = model.logits(params, frozen, images, texts, features=features, train=True,
                           rng=rng, temperature=temperature)
     if loss == "wbce":
@@ -117,6 +139,8 @@ def _cached(kind: str, model: RetrievalModel, build, **kw):
 
 def compiled_train_step(model: RetrievalModel, **kw):
   """`make_train_step` with the step jitted, cached per model and settings: (opt, step)."""
+  kw = {"temperature": None, "augment": False, **kw}   # one cache entry per actual setting
+
   def build(m, **k):
     opt, step = make_train_step(m, **k)
     return opt, jax.jit(step)
@@ -155,43 +179,54 @@ def score_split(model, embedders, params, frozen, split: EvalSplitData) -> dict:
   return retrieval_metrics(scores, split.txt2img, split.img2txt)
 
 
+def epoch_batches(batching: str, n: int, sched: protocols.Schedule, ekey: jax.Array):
+  """The index arrays of one epoch. 'first': batch i is the first `batch` indices of its own
+  permutation (fold_in(ekey, i), the LoRS/RepBlend SimilarityDataloader); 'shuffle' /
+  'drop_last': one permutation of the epoch (from fold_in(ekey, batches), a key no batch uses)
+  cut into consecutive batches, the last one partial or dropped (a torch DataLoader)."""
+  b = sched.batch
+  if batching == "first":
+    return [np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(ekey, i), 0),
+                                              n))[:b] for i in range(sched.batches)]
+  perm = np.asarray(jax.random.permutation(jax.random.fold_in(ekey, sched.batches), n))
+  return [perm[i * b:(i + 1) * b] for i in range(sched.batches)]
+
+
 def train_and_score(model: RetrievalModel, backbone_variables: dict, pairs: PairSet,
                     splits: Mapping[str, EvalSplitData], cfg, seed: int, *, features: bool,
                     progress: Callable[[int, dict], None] | None = None) -> dict:
   """One evaluation seed: train a fresh model on `pairs`, score `splits` at each eval point.
 
-  `cfg` fields: epochs (the reference's Epoch; Epoch + 1 epochs run), batch_size (128),
-  lr_image / lr_text (used when the pair set carries none), momentum (0.9), weight_decay (5e-4),
-  eval_every, loss ('wbce' | 'infonce'), lr_step (True: x0.1 at Epoch // 2 + 1).
-  Returns per-eval-point metrics, the val-selected test metrics and the reference number.
+  `cfg` is the `evaluate` block: its protocol fields (`jdd.evaluation.retrieval_protocols`:
+  batch_size, batching, shared_lr, momentum, weight_decay, lr_step, augment, extra_epoch, grid,
+  reference), epochs (the reference's Epoch), eval_every, loss ('wbce' | 'infonce') and
+  lr_image / lr_text (used when the pair set carries none).
+  Returns per-eval-point metrics, the val-selected test metrics and the protocol's number.
   """
+  cfg = protocols.complete(cfg)
+  protocols.check(cfg)
   key = jax.random.fold_in(jax.random.key(int(seed)), 0)
   frozen = None if model.train_backbone else backbone_variables
   params = model.init(jax.random.fold_in(key, 0), backbone_variables, pairs.texts.shape[-1])
   opt, step = compiled_train_step(model, loss=str(cfg.loss), features=features,
                                   weight_decay=float(cfg.weight_decay),
-                                  momentum=float(cfg.momentum))
+                                  momentum=float(cfg.momentum), augment=bool(cfg.augment))
   embedders = _cached("embedders", model, make_embedders, features=features)
   opt_state = opt.init(params)
   n = len(pairs.texts)
-  b = min(int(cfg.batch_size), n)
-  per_epoch = math.ceil(n / int(cfg.batch_size))
-  epochs = int(cfg.epochs)
-  milestone = epochs // 2 + 1
-  lr_img = float(pairs.lr_image if pairs.lr_image is not None else cfg.lr_image)
-  lr_txt = float(pairs.lr_text if pairs.lr_text is not None else cfg.lr_text)
+  sched = protocols.schedule(cfg, n)
+  lr_img, lr_txt = protocols.learning_rates(cfg, pairs.lr_image, pairs.lr_text)
   sim = (np.eye(n, dtype=np.float32) if pairs.similarity is None
          else np.asarray(pairs.similarity, np.float32))
   images, texts = np.asarray(pairs.images), np.asarray(pairs.texts, np.float32)
   points = []
-  every = max(1, int(cfg.eval_every))
-  for epoch in range(epochs + 1):
-    factor = 0.1 if (cfg.lr_step and epoch >= milestone) else 1.0
+  scored = set(sched.points)
+  for epoch in range(sched.epochs_run):
+    factor = sched.factor(epoch)
     ekey = jax.random.fold_in(key, 1 + epoch)
     loss_sum = 0.0
-    for i in range(per_epoch):
+    for i, idx in enumerate(epoch_batches(str(cfg.batching), n, sched, ekey)):
       bkey = jax.random.fold_in(ekey, i)
-      idx = np.asarray(jax.random.permutation(jax.random.fold_in(bkey, 0), n))[:b]
       params, opt_state, value = step(
           params, opt_state, frozen, jnp.asarray(images[idx]), jnp.asarray(texts[idx]),
           jnp.asarray(sim[np.ix_(idx, idx)]), jax.random.fold_in(bkey, 1),
@@ -201,19 +236,20 @@ def train_and_score(model: RetrievalModel, backbone_variables: dict, pairs: Pair
       raise FloatingPointError(f"retrieval evaluation (seed {seed}): loss became {loss_sum} at "
                                f"epoch {epoch}; lower the learning rates (image {lr_img}, "
                                f"text {lr_txt})")
-    if epoch % every == 0 or epoch == epochs:
-      point = {"epoch": epoch, "train_loss": loss_sum / per_epoch}
+    if epoch in scored:
+      point = {"epoch": epoch, "train_loss": loss_sum / max(1, sched.batches)}
       for name, split in splits.items():
         point[name] = score_split(model, embedders, params, frozen, split)
       points.append(point)
       if progress is not None:
         progress(epoch + 1, {"loss": point["train_loss"],
                              **{f"{s}_r_mean": point[s]["r_mean"] for s in splits}})
-  return select(points)
+  return select(points, str(cfg.reference))
 
 
-def select(points: Sequence[dict]) -> dict:
-  """Val-selected test metrics, and the reference protocol's best test r_mean, labelled."""
+def select(points: Sequence[dict], reference: str = "best_test") -> dict:
+  """Val-selected test metrics, and the protocol's own number, labelled: the best test r_mean
+  over the points ('best_test') or the last point's test ('final_epoch_test')."""
   out: dict[str, Any] = {"points": list(points)}
   if "val" in points[0]:
     best = max(points, key=lambda p: (p["val"]["r_mean"], -p["epoch"]))
@@ -222,20 +258,48 @@ def select(points: Sequence[dict]) -> dict:
     if "test" in best:
       out["test"] = best["test"]
   if "test" in points[0]:
-    ref = max(points, key=lambda p: (p["test"]["r_mean"], -p["epoch"]))
-    out["reference_protocol_best_test"] = {"epoch": ref["epoch"], **ref["test"]}
+    if reference == "final_epoch_test":
+      ref = points[-1]
+    else:
+      ref = max(points, key=lambda p: (p["test"]["r_mean"], -p["epoch"]))
+    out[protocols.reference_key(reference)] = {"epoch": ref["epoch"], **ref["test"]}
   return out
 
 
+REFERENCE_KEYS = tuple(protocols.reference_key(r) for r in protocols.REFERENCES)
+
+
 def summarise(per_seed: Sequence[dict]) -> dict:
-  """Mean and std over seeds of the val-selected test recalls and of the reference number."""
+  """Mean and sample std over seeds (`stats.mean_std`) of the val-selected test recalls and of
+  the protocol's number, and the mean val / test r_mean curve over seeds."""
   out: dict[str, Any] = {"num_seeds": len(per_seed)}
-  for name in ("test", "reference_protocol_best_test"):
+  for name in ("test", *REFERENCE_KEYS):
     rows = [r[name] for r in per_seed if name in r]
     if rows:
-      out[name] = {m: {"mean": float(np.mean([r[m] for r in rows])),
-                       "std": float(np.std([r[m] for r in rows]))} for m in METRICS}
+      out[name] = {m: _ms([r[m] for r in rows]) for m in METRICS}
   out["selected_epochs"] = [r.get("selected_epoch") for r in per_seed]
+  curve = mean_curve(per_seed)
+  if curve:
+    out["curve"] = curve
+  return out
+
+
+def _ms(values) -> dict:
+  s = stats.mean_std(values)
+  return {"mean": s["mean"], "std": s["std"]}
+
+
+def mean_curve(per_seed: Sequence[dict]) -> dict:
+  """{epochs, <split>_r_mean: mean over the seeds that hold `points`} for the curves plot."""
+  runs = [r["points"] for r in per_seed if r.get("points")]
+  if not runs:
+    return {}
+  epochs = [p["epoch"] for p in runs[0]]
+  out: dict[str, Any] = {"epochs": epochs}
+  for split in ("val", "test"):
+    if split in runs[0][0]:
+      out[f"{split}_r_mean"] = [float(np.mean([pts[i][split]["r_mean"] for pts in runs]))
+                                for i in range(len(epochs))]
   return out
 
 

@@ -5,6 +5,11 @@ captions each (`jdd.caption_synthesis`), written as the caption-JSON layout the 
 (`images/<i>.png`, `annotations/<dataset>_train.json`, a grid) through `jdd.export`, so the
 export is replaced whole and carries a byte manifest. The evaluation reads the export back as
 anyone would: PNGs resized to the dataset's size and cleaned captions.
+
+Two checks go through the same writer and reader (`edge.checks`, issue 15): the no-fine-tuning
+ablation samples the same queries with the pretrained U-Net (W/no_finetune), and the oracle
+writes the real images of the same query captions (W/oracle), which must score like a random
+real subset if the export and evaluation path are sound.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdd import caption_synthesis, export, reporting
+from jdd import caption_synthesis, checkpoint, export, reporting
 from jdd.data.captions import (ANNOTATION_STEMS, CLIP_MEAN, CLIP_STD, load_image, pre_caption,
                                read_train_annotations)
 from jdd.evaluation import retrieval
@@ -37,14 +42,16 @@ def sampler_config(config) -> edge.SamplerConfig:
 
 
 def sample_and_export(ctx: RunContext, setup: EdgeSetup, unet_vars, texts: dict,
-                      image_embed) -> dict:
-  """Samples the pairs, adds captions, writes W/export (jdd.export); returns the manifest."""
+                      image_embed, name: str = "export", label: str = "edge") -> dict:
+  """Samples the pairs with `unet_vars`, adds captions, writes W/<name> (jdd.export); returns
+  the manifest. `name='export'` is EDGE's set; the no-fine-tuning ablation passes the
+  pretrained U-Net and its own folder (same seed, queries and sampler)."""
   config, data = ctx.config, ctx.data
   ec = config.edge
-  final = export.export_dir(ctx.workdir)
+  final = os.path.join(ctx.workdir, name)
   export.recover(final)
   if export.is_complete(final):
-    print("[sample] export/manifest.json exists: skipped", flush=True)
+    print(f"[sample] {name}/manifest.json exists: skipped", flush=True)
     return export.read_manifest(final)
   sampler = sampler_config(config)
   edge_backends.check_latent_size(setup.models, sampler.height)
@@ -63,6 +70,18 @@ def sample_and_export(ctx: RunContext, setup: EdgeSetup, unet_vars, texts: dict,
       train_text=texts["train"], image_embed=image_embed,
       train_joint=None if image_embed is None else image_embed.text_bank())
   caps = caption_synthesis.synthesize(str(ec.synthesizer), req)
+  fields = {"method": label, "seed": seed, "query_caption_ids": [int(i) for i in idx],
+            "prompts": prompts, "sampler": dataclasses.asdict(sampler),
+            "scaling_factor": setup.scaling_factor, "synthesizer": str(ec.synthesizer),
+            "sample_seconds": round(sample_seconds, 1)}
+  return write_pairs(ctx, name, images_u8, caps, fields)
+
+
+def write_pairs(ctx: RunContext, name: str, images_u8: np.ndarray, caps: list[list[str]],
+                fields: dict) -> dict:
+  """Images i with captions caps[i] as W/<name>: `images/<i>.png`, the caption JSON the loaders
+  read, a grid and the manifest with the budget (jdd.export: staged, swapped in whole)."""
+  data = ctx.data
   stem = ANNOTATION_STEMS.get(data.name, data.name)
   ann_rel = f"annotations/{stem}_train.json"
   caption_bytes = sum(len(c.encode()) for cs in caps for c in cs)
@@ -71,27 +90,50 @@ def sample_and_export(ctx: RunContext, setup: EdgeSetup, unet_vars, texts: dict,
     files = {rel: e for rel, e in entries.items() if rel.startswith("images/") or rel == ann_rel}
     image_bytes = sum(v["bytes"] for r, v in files.items() if r.startswith("images/"))
     return {
-        "method": "edge", "dataset": data.name, "seed": seed, "num_pairs": len(annotation),
-        "query_caption_ids": [int(i) for i in idx], "prompts": prompts,
-        "sampler": dataclasses.asdict(sampler), "scaling_factor": setup.scaling_factor,
-        "synthesizer": str(ec.synthesizer),
-        "budget": caption_synthesis.budget(len(images_u8), k, image_bytes, caption_bytes),
+        "dataset": data.name, "num_pairs": len(annotation), **fields,
+        "budget": caption_synthesis.budget(len(images_u8), len(caps[0]), image_bytes,
+                                           caption_bytes),
         "raw_uint8_image_bytes": int(images_u8.nbytes), "annotation": ann_rel,
-        "image_root": ".", "files": files, "sample_seconds": round(sample_seconds, 1),
-        "reload": "jdd.data.captions.read_train_annotations(<export>/" + ann_rel + ", 30); "
-                  "image paths are <export> joined with each entry's 'image'"}
+        "image_root": ".", "files": files,
+        "reload": f"jdd.data.captions.read_train_annotations(<{name}>/" + ann_rel + ", 30); "
+                  f"image paths are <{name}> joined with each entry's 'image'"}
 
   annotation = []
-  with export.staged(ctx.workdir) as out:
+  with export.staged(ctx.workdir, name) as out:
     for i, img in enumerate(images_u8):
       rel = f"images/{i}.png"
       reporting.save_png(os.path.join(out, rel), img)
-      annotation += [{"image": rel, "caption": c, "image_id": f"edge_{i}"} for c in caps[i]]
+      annotation += [{"image": rel, "caption": c, "image_id": f"{fields['method']}_{i}"}
+                     for c in caps[i]]
     export.save_json(out, ann_rel, annotation)
     reporting.save_png(os.path.join(out, "grid.png"),
                        reporting.image_grid(images_u8[:64], nrow=min(8, len(images_u8))))
     out.manifest = build
-  return export.read_manifest(final)
+  return export.read_manifest(os.path.join(ctx.workdir, name))
+
+
+def oracle_export(ctx: RunContext, source: str = "export", name: str = "oracle") -> dict:
+  """The oracle check of EDGE's pipeline: the REAL training images of W/<source>'s query
+  captions, each with the captions W/<source> gave its generated image, written and read back
+  through the same path (`write_pairs`, `exported_pairs`). Real images of seeded random
+  captions are a random real subset, so they must score like one; if they do not, the export
+  or evaluation path is at fault, not the generator."""
+  final = os.path.join(ctx.workdir, name)
+  export.recover(final)
+  if export.is_complete(final):
+    print(f"[oracle] {name}/manifest.json exists: skipped", flush=True)
+    return export.read_manifest(final)
+  data = ctx.data
+  manifest = export.read_manifest(os.path.join(ctx.workdir, source))
+  ids = np.asarray(manifest["query_caption_ids"], np.int64)
+  caps: list[list[str]] = [[] for _ in ids]
+  for entry in checkpoint.read_json(os.path.join(ctx.workdir, source, manifest["annotation"])):
+    caps[int(os.path.splitext(os.path.basename(entry["image"]))[0])].append(entry["caption"])
+  images_u8 = data.load_images("train", data.train.image_index[ids], dtype="uint8")
+  return write_pairs(ctx, name, images_u8, caps,
+                     {"method": "oracle_real_queries", "seed": manifest["seed"],
+                      "query_caption_ids": [int(i) for i in ids], "prompts": manifest["prompts"],
+                      "source": f"the real train images of {source}/'s query captions"})
 
 
 class JointImageEmbed:
@@ -115,12 +157,13 @@ class JointImageEmbed:
                            for s in range(0, n, 1024)])
 
 
-def exported_pairs(ctx: RunContext, ev: Evaluator, manifest: dict, texts: dict):
-  """The exported pairs as the evaluator's PairSet, read back from the export folder (what
+def exported_pairs(ctx: RunContext, ev: Evaluator, manifest: dict, texts: dict,
+                   name: str = "export"):
+  """The pairs of W/<name> as the evaluator's PairSet, read back from the folder (what
   anyone evaluating the export sees: PNGs resized to the dataset's size, cleaned captions)."""
   config, data = ctx.config, ctx.data
   model, backbone_vars, features = ev.model, ev.backbone_vars, ev.features
-  edir = export.export_dir(ctx.workdir)
+  edir = os.path.join(ctx.workdir, name)
   pairs = read_train_annotations(os.path.join(edir, manifest["annotation"]), data.max_words[0])
   imgs = np.stack([load_image(os.path.join(edir, p), data.image_size, "uint8")
                    for p in pairs.image_paths])

@@ -33,7 +33,8 @@ import jdd
 from jdd import checkpoint, models, reporting
 from jdd.data.captions import CLIP_MEAN, CLIP_STD, load_caption_dataset
 from jdd.data.shapes_captions import ensure_shapes_captions, shapes_captions_config
-from jdd.evaluation import retrieval
+from jdd.evaluation import retrieval, retrieval_report
+from jdd.evaluation import retrieval_protocols as protocols
 from jdd.loop import RunContext
 from jdd.models.retrieval import RetrievalModel, encode_features, normalize_images, param_count
 from jdd.objectives.contrastive import infonce_loss
@@ -271,6 +272,7 @@ def evaluator(ctx: RunContext, enc: Encoders) -> Evaluator:
 
 def results_header(ctx: RunContext, enc: Encoders, model: RetrievalModel) -> dict:
   """The fields every image-text results.json opens with."""
+  ec = ctx.config.evaluate
   return {"jdd_version": jdd.__version__, "method": ctx.config.method,
           "dataset": ctx.data.name,
           "text_encoder": {k: enc.text_identity[k] for k in ("encoder", "weights_sha256",
@@ -278,13 +280,17 @@ def results_header(ctx: RunContext, enc: Encoders, model: RetrievalModel) -> dic
           "image_encoder": {k: enc.card.get(k) for k in ("arch", "kwargs")},
           "model": {"train_backbone": model.train_backbone, "joint_dim": model.joint_dim,
                     "temperature": model.temperature},
-          "selection": "evaluation epoch selected on val; test reported. "
-                       "reference_protocol_best_test is the references' best-test number"}
+          "protocol": protocols.describe(ec),
+          "selection": "evaluation epoch selected on val; test reported (mean ± sample std "
+                       f"over runs). {protocols.reference_key(ec)} is the {ec.protocol} "
+                       "protocol's own number; random-subset rows pool "
+                       f"{int(ec.draws)} draws x {int(ec.seeds)} seeds"}
 
 
 def evaluate_named(ctx: RunContext, ev: Evaluator, name: str, pairs) -> dict:
   """`config.evaluate.seeds` retrieval models trained on `pairs` (each finished seed kept in
-  W/eval/<name>_seed<k>.json, so a kill loses one), with the set's size."""
+  W/eval/<name>_seed<k>.json, so a kill loses one), with the set's size and the learning rates
+  it trains at (None: the evaluator's defaults)."""
   config, workdir = ctx.config, ctx.workdir
   ec = config.evaluate
   if name == "full_train" and int(ec.full_train_epochs):
@@ -304,51 +310,85 @@ def evaluate_named(ctx: RunContext, ev: Evaluator, name: str, pairs) -> dict:
     checkpoint.atomic_write_json(os.path.join(workdir, "eval",
                                               f"{name}_seed{seeds.index(seed)}.json"), result)
 
-  total = int(ec.epochs) + 1
+  total = int(ec.epochs) + int(bool(ec.extra_epoch))
   factory = lambda seed: reporting.Progress(f"evaluate:{name}:seed{seeds.index(seed)}", total,
                                             every=max(1, int(ec.eval_every)))
-  return {"num_pairs": int(len(pairs.texts)),
+  return {"num_pairs": int(len(pairs.texts)), "lr_image": pairs.lr_image,
+          "lr_text": pairs.lr_text,
           **retrieval.evaluate_pairs(ev.model, ev.backbone_vars, pairs, ev.splits, ec, seeds,
                                      features=ev.features, on_seed=save, done=done,
                                      progress_factory=factory)}
 
 
+def evaluate_draws(ctx: RunContext, ev: Evaluator, name: str, draws: list) -> dict:
+  """Several draws of one set, each `evaluate_named` as `<name>_draw<d>`, as one row
+  (`retrieval_report.combine_draws`)."""
+  return retrieval_report.combine_draws(
+      [evaluate_named(ctx, ev, f"{name}_draw{d}", pairs) for d, pairs in enumerate(draws)])
+
+
 def baseline_sets(ctx: RunContext, ev: Evaluator, texts: dict) -> dict:
-  """The real-pair sets named in `evaluate.baselines`: random_<N>, herding_<N>, full_train."""
+  """The real-pair sets named in `evaluate.baselines`: random_<N> (a list of
+  `evaluate.draws` draws, draw d from fold_in(fold_in(K, N), d)), herding_<N>, full_train."""
   config, data, keys, inputs = ctx.config, ctx.data, ctx.keys, ev.inputs
   sets = {}
   train = data.train
+
+  def pair_set(idx):
+    return retrieval.PairSet(inputs["train"][train.image_index[idx]], texts["train"][idx])
+
   for spec in config.evaluate.baselines:
     if spec == "full_train":
-      idx = np.arange(len(train))
+      sets[spec] = pair_set(np.arange(len(train)))
     elif spec.startswith("random_"):
-      idx = retrieval.random_pairs(int(spec[7:]), train.image_index,
-                                   jax.random.fold_in(keys["baseline"], int(spec[7:])))
+      n = int(spec[7:])
+      key = jax.random.fold_in(keys["baseline"], n)
+      sets[spec] = [pair_set(retrieval.random_pairs(n, train.image_index,
+                                                    jax.random.fold_in(key, d)))
+                    for d in range(int(config.evaluate.draws))]
     elif spec.startswith("herding_"):
       if config.model.train_backbone:
         raise ValueError("herding needs frozen-backbone features; use random_N here")
-      idx = retrieval.herding_pairs(int(spec[8:]), inputs["train"], texts["train"],
-                                    train.image_index)
+      sets[spec] = pair_set(retrieval.herding_pairs(int(spec[8:]), inputs["train"],
+                                                    texts["train"], train.image_index))
     else:
       raise ValueError(f"evaluate.baselines entry {spec!r}: use 'random_N', 'herding_N' or "
                        "'full_train'")
-    sets[spec] = retrieval.PairSet(inputs["train"][train.image_index[idx]], texts["train"][idx])
   return sets
 
 
-def evaluate_baselines(ctx: RunContext, ev: Evaluator, texts: dict) -> dict:
-  return {name: evaluate_named(ctx, ev, name, pairs)
-          for name, pairs in baseline_sets(ctx, ev, texts).items()}
+def evaluate_baselines(ctx: RunContext, ev: Evaluator, texts: dict,
+                       learned: retrieval.PairSet | None = None) -> dict:
+  """Every baseline row; with `learned` (a distilled set that learned its student learning
+  rates), each random subset a second time at those rates with S = I (`<name>_learned_lr`)."""
+  out = {}
+  for name, sets in baseline_sets(ctx, ev, texts).items():
+    if not isinstance(sets, list):
+      out[name] = evaluate_named(ctx, ev, name, sets)
+      continue
+    out[name] = evaluate_draws(ctx, ev, name, sets)
+    if (learned is not None and learned.lr_image is not None
+        and bool(ctx.config.evaluate.learned_lr_baselines)):
+      matched = [dataclasses.replace(p, lr_image=float(learned.lr_image),
+                                     lr_text=float(learned.lr_text)) for p in sets]
+      out[name + retrieval_report.LEARNED_SUFFIX] = evaluate_draws(
+          ctx, ev, name + retrieval_report.LEARNED_SUFFIX, matched)
+  return out
+
+
+def finish_results(ctx: RunContext, results: dict, sets: list[str],
+                   extra_pairs: tuple[tuple[str, str], ...] = ()) -> dict:
+  """The paired comparisons (each of `sets` against every random row, then `extra_pairs`) and
+  W/eval/curves.png (val and test r_mean against epoch for every set)."""
+  pairs = retrieval_report.default_pairs(results, sets) + list(extra_pairs)
+  results["comparisons"] = retrieval_report.compare(results, pairs)
+  curves = {k: r["summary"].get("curve") for k, r in retrieval_report.rows(results).items()}
+  path = os.path.join(ctx.workdir, "eval", "curves.png")
+  retrieval_report.plot_curves(path, curves, f"{results['method']} on {results['dataset']} "
+                               f"({ctx.config.evaluate.protocol} protocol): mean over runs")
+  results["curves_png"] = path
+  return results
 
 
 def print_summary(results: dict) -> None:
-  print(f"\n== {results['method']} on {results['dataset']} (test, val-selected epoch; "
-        "mean ± std over seeds) ==")
-  for name, r in results.items():
-    if not isinstance(r, dict) or "summary" not in r:
-      continue
-    t = r["summary"]["test"]
-    cells = "  ".join(f"{m} {t[m]['mean']:.2f}±{t[m]['std']:.2f}"
-                      for m in retrieval.METRICS)
-    print(f"{name:>14} ({r['num_pairs']} pairs): {cells}", flush=True)
-
+  print("\n".join(retrieval_report.summary_lines(results)), flush=True)
