@@ -26,8 +26,9 @@ What still differs from the reference, and why:
 - teachers: a ConvNet-3 and a narrow ResNet-18 squeezed for 20 and 5 epochs instead of ResNet-18,
   DenseNet-121, ShuffleNetV2 and MobileNetV2 trained for 200; the patches are jdd's own RDED-style
   selection (the reference ships pre-selected patches; jdd.methods.fadrm);
-- `evaluate.epochs` chosen from measured validation curves (docs/fashion_mnist.md) instead of
-  CIFAR-100's 1000.
+- `evaluate.epochs` 200 at IPC 10 (cosine eta 2) and 60 at IPC 50 instead of CIFAR-100's 1000
+  (CPU); not yet re-chosen from curves: each run's W/eval/curves.png shows whether validation
+  has flattened (docs/fashion_mnist.md).
 Variants: `:plus=True`, `:ipc=N`, `:smoke` (what the tests run: stages 32 px then 28 px).
 """
 

@@ -23,8 +23,10 @@ What still differs from the reference, and why:
   of ResNet-18 / MobileNetV2 / EfficientNet-B0 / ShuffleNet-G2 trained for 200;
 - 28 px with padding 4 kept; ConvNet-3 student at batch 50 (UFC: ResNet-18 at 64);
 - weight decay only on kernels (jdd's optimiser; UFC decays every parameter);
-- `evaluate.epochs` chosen from measured validation curves (docs/fashion_mnist.md) instead of
-  UFC's 400 static / 80 dynamic; the dynamic variant keeps the 1/(M + 1) rule.
+- `evaluate.epochs` 200 at IPC 10 (1400 steps for 350 instances at batch 50, every set alike)
+  instead of UFC's 400 static / 80 dynamic (CPU); the dynamic variant keeps the 1/(M + 1) rule.
+  Not yet re-chosen from curves: each run's W/eval/curves.png shows whether validation has
+  flattened (docs/fashion_mnist.md).
 Expected time: docs/fashion_mnist.md. Variants: `:dynamic=True`, `:ipc=N` (N >= 2), `:smoke`.
 """
 

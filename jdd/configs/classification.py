@@ -20,8 +20,9 @@ TEACHER_DEFAULTS = dict(
 
 # jdd's offline Fashion-MNIST teachers: SRe2L's CIFAR recipe (SGD 0.1, momentum 0.9, wd 5e-4,
 # cosine, bs 128, RandomCrop + flip) at 28 px (RandomCrop pads 2), for 20 epochs instead of 200:
-# Fashion-MNIST's 55,000 training images reach the plateau well before (docs/fashion_mnist.md);
-# the ConvNet-3 reaches >= 91 % test top-1. Trained once per seed (jdd.stages.teacher_cache).
+# 10 epochs gave 90.77 % test top-1 (issue 15), short of the 91 % goal; 20 are chosen to pass
+# it, and the teacher's card records what it reached. Trained once per seed
+# (jdd.stages.teacher_cache).
 FASHION_MNIST_TEACHER_RECIPE = dict(epochs=20, batch_size=128, lr=0.1, crop_padding=2)
 # The other teachers of INFER's ensemble and FADRM+'s round robin (ConvNet-2, narrow ResNet-18s):
 # the same recipe for 5 epochs. They label and recover beside the 20-epoch ConvNet-3; squeezing
