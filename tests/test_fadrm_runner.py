@@ -191,6 +191,8 @@ def test_bssl_refuses_a_student_with_other_micro_batches():
 def test_cosine_eta_cuts_a_longer_cosine():
   """eta = 2: lr_e = lr0 * 0.5 (1 + cos(pi e / (E eta))), read back from plain SGD updates."""
   ecfg = load_config(CONFIG + ":smoke").evaluate
+  assert ecfg.cosine_eta == 2.0   # the Fashion-MNIST config's IPC-10 value, kept by smoke
+  override(ecfg, cosine_eta=1.0)
   assert classification._eta_config(ecfg) is ecfg   # eta 1: the config itself, unchanged
   override(ecfg, **{"cosine_eta": 2.0, "epochs": 4, "lr_per_epoch": True, "optimizer": "sgd",
                     "momentum": 0.0, "weight_decay": 0.0, "lr": 0.1})
