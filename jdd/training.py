@@ -102,22 +102,29 @@ def supervised_step(state: TrainState, batch: dict, rng, *, model, optimizer, me
   return new_state, {"loss": loss, "top1": top1}
 
 
-def kd_loss(student_logits, teacher_logits, temperature: float, t_squared: bool):
-  """KL(softmax(t/T) || softmax(s/T)), batch mean; x T^2 only when asked (Tiny-ImageNet code)."""
-  t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, -1)
+def kd_loss(student_logits, teacher_logits, temperature: float, t_squared: bool,
+            probs: bool = False):
+  """KL(softmax(t/T) || softmax(s/T)), batch mean; x T^2 only when asked (Tiny-ImageNet code).
+
+  probs=True: `teacher_logits` already holds target probabilities (hard labels, one-hot or
+  mixed), used as they are: KL(t || softmax(s/T)), whose gradient is cross-entropy's.
+  """
+  t = teacher_logits.astype(jnp.float32)
+  t = t if probs else jax.nn.softmax(t / temperature, -1)
   log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, -1)
   kl = jnp.sum(jax.scipy.special.xlogy(t, t) - t * log_s, -1).mean()
   return kl * temperature**2 if t_squared else kl
 
 
 def kd_step(state: TrainState, batch: dict, rng, *, model, optimizer, temperature: float,
-            t_squared: bool):
-  """One student step on an already augmented batch and its teacher logits."""
+            t_squared: bool, probs: bool = False):
+  """One student step on an already augmented batch and its teacher logits (or, with
+  probs=True, its target probabilities)."""
   del rng  # all randomness of a relabelled batch lives in its (epoch, batch) key
 
   def loss_fn(params):
     logits, new_stats = _apply_train(model, state, params, batch["images"])
-    return kd_loss(logits, batch["teacher_logits"], temperature, t_squared), new_stats
+    return kd_loss(logits, batch["teacher_logits"], temperature, t_squared, probs), new_stats
 
   (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

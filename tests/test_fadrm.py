@@ -167,6 +167,20 @@ def test_patch_selection_picks_the_highest_scoring_crops():
                                crops_per_image=3, factor=2)
 
 
+def test_patch_difficulty_takes_the_middle_or_the_hardest_ranks():
+  """Ranks by brightness (CE falls as brightness rises): 0.9 0.7 0.5 0.3 0.2 0.1 are ranks
+  0..5; 'medium' keeps ranks 2-3 (the middle of six), 'hard' ranks 4-5."""
+  model, variables = Brightness(), {}
+  levels = np.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2], np.float32)
+  images = jnp.asarray(np.broadcast_to(levels[:, None, None, None], (6, 8, 8, 3)))
+  pick = lambda d: list(np.asarray(jax.jit(lambda k, x: fadrm.select_class_patches(
+      k, x, 0, variables, model=model, ipc=2, crops_per_image=3, difficulty=d))(
+          jax.random.key(0), images)["image_index"]))
+  assert pick("easy") == [1, 4] and pick("medium") == [2, 3] and pick("hard") == [5, 0]
+  with pytest.raises(ValueError, match="difficulty"):
+    pick("trivial")
+
+
 def test_arrange_patches_and_candidates():
   class_patches = np.arange(4 * 2).reshape(4, 2, 1, 1, 1)   # value = 2 * class + slot
   targets = fadrm.group_targets(4, 2, 2)                       # groups: (slot 0, blk 0/1), ...

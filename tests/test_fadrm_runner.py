@@ -184,12 +184,15 @@ def test_bssl_refuses_a_student_with_other_micro_batches():
   override(c, **{"evaluate.grad_accum_steps": 1})
   ctx = types.SimpleNamespace(config=c, teachers=[])
   with pytest.raises(ValueError, match="grad_accum_steps"):
-    relabel.label_source(ctx, "distilled", np.zeros((20, 28, 28, 1), np.uint8), "/nonexistent")
+    relabel.label_source(ctx, "distilled", np.zeros((20, 28, 28, 1), np.uint8), "/nonexistent",
+                         classification.make_plan(c.evaluate, 20, 20))
 
 
 def test_cosine_eta_cuts_a_longer_cosine():
   """eta = 2: lr_e = lr0 * 0.5 (1 + cos(pi e / (E eta))), read back from plain SGD updates."""
   ecfg = load_config(CONFIG + ":smoke").evaluate
+  assert ecfg.cosine_eta == 2.0   # the Fashion-MNIST config's IPC-10 value, kept by smoke
+  override(ecfg, cosine_eta=1.0)
   assert classification._eta_config(ecfg) is ecfg   # eta 1: the config itself, unchanged
   override(ecfg, **{"cosine_eta": 2.0, "epochs": 4, "lr_per_epoch": True, "optimizer": "sgd",
                     "momentum": 0.0, "weight_decay": 0.0, "lr": 0.1})

@@ -79,7 +79,8 @@ def test_two_processes_export_what_one_process_exports(pair):
   # Both processes ran and were prefixed; process 0 alone wrote logs, results and the export.
   assert "[p0] [jdd] sre2l on fashion_mnist; devices: 2 x cpu over 2 processes" in out
   assert "[p1] [recover_round00000] step 10/10" in out
-  assert "[p1] [evaluate:distilled:seed1]" in out and "[p1] [evaluate:distilled:seed0]" not in out
+  assert "[p1] [evaluate:distilled/soft/seed1]" in out
+  assert "[p1] [evaluate:distilled/soft/seed0]" not in out
   assert len(os.listdir(os.path.join(w2, "logs"))) == 1
   assert "[p1] == sre2l" not in out and "[p0] == sre2l" in out
 

@@ -18,8 +18,16 @@ TEACHER_DEFAULTS = dict(
     epochs=200, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
     warmup_epochs=0, lr_per_epoch=False, crop_padding=4, flip=True)
 
-# jdd's offline Fashion-MNIST teachers: squeezed for one epoch (28 px, so RandomCrop pads 2).
-FASHION_MNIST_TEACHER_RECIPE = dict(epochs=1, batch_size=256, lr=0.05, crop_padding=2)
+# jdd's offline Fashion-MNIST teachers: SRe2L's CIFAR recipe (SGD 0.1, momentum 0.9, wd 5e-4,
+# cosine, bs 128, RandomCrop + flip) at 28 px (RandomCrop pads 2), for 20 epochs instead of 200:
+# 10 epochs gave 90.77 % test top-1 (issue 15), short of the 91 % goal; 20 are chosen to pass
+# it, and the teacher's card records what it reached. Trained once per seed
+# (jdd.stages.teacher_cache).
+FASHION_MNIST_TEACHER_RECIPE = dict(epochs=20, batch_size=128, lr=0.1, crop_padding=2)
+# The other teachers of INFER's ensemble and FADRM+'s round robin (ConvNet-2, narrow ResNet-18s):
+# the same recipe for 5 epochs. They label and recover beside the 20-epoch ConvNet-3; squeezing
+# them for 20 epochs would cost four times the ConvNet-3's CPU time on 2 cores.
+FASHION_MNIST_AUX_TEACHER_RECIPE = dict(FASHION_MNIST_TEACHER_RECIPE, epochs=5)
 
 # The smoke variants' ConvNet-3 (teacher and student) and their one-epoch teacher recipe.
 SMOKE_CONVNET = {"width": 16, "depth": 3}
@@ -78,31 +86,42 @@ def relabel_config(**fields) -> ml_collections.ConfigDict:
 def evaluate_config(**fields) -> ml_collections.ConfigDict:
   """`c.evaluate`: a student trained on the distilled set with the soft labels (KL at
   `temperature`), SRe2L's CIFAR values by default; `fields` override them or add a method's
-  own."""
+  own. The comparison (jdd.stages.evaluate): `epochs` of the distilled set fix the optimiser
+  steps of every set compared; `label_modes` ('soft', 'hard', 'soft_noaug'); `seeds`
+  evaluation seeds; `baseline` random subsets, `subset_draws` of them (0: one per seed);
+  `full_data` trains the full-data student (the ceiling); `test_every_eval` scores the test
+  split at every evaluation point (curves) instead of only where it is reported;
+  `distill_seeds` N > 1 repeats the distillation with N seeds and reports their spread."""
   e = ml_collections.ConfigDict(dict(
       student=ml_collections.ConfigDict(
           {"arch": "resnet18", "kwargs": ml_collections.ConfigDict({"stem": "cifar"})}),
       epochs=400, batch_size=128, optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.01,
       warmup_epochs=0, lr_per_epoch=True, temperature=30.0, t_squared=False, eval_every=20,
-      seeds=3, baseline=True))
+      seeds=3, baseline=True, subset_draws=0, label_modes=("soft", "hard", "soft_noaug"),
+      full_data=False, test_every_eval=False, distill_seeds=1))
   e.update(fields)
   return e
 
 
 def fashion_mnist(c: ml_collections.ConfigDict) -> None:
-  """jdd's offline Fashion-MNIST setting (no download), the same for SRe2L, INFER and FADRM
-  so that their results compare at an equal budget: the dataset with a 5000-image validation
-  split, and a ConvNet-3 (width 32) student trained for 100 epochs at batch 50 (AdamW 2e-3, KL
-  at T 4), scored every 20 epochs over 3 seeds. Teachers: `FASHION_MNIST_TEACHER_RECIPE`."""
+  """jdd's offline Fashion-MNIST setting (no download), shared by SRe2L, INFER and FADRM: the
+  dataset with a 5000-image validation split; a ConvNet-3 (width 32) student at batch 50 with
+  the references' small-image optimiser (AdamW lr 1e-3, weight decay 0.01, per-epoch cosine);
+  3 evaluation seeds, 3 random-subset draws, the three label modes, the full-data student as
+  the ceiling. Each config sets its method's temperature, epochs and label augmentation;
+  teachers: `FASHION_MNIST_TEACHER_RECIPE`. Batch 50 instead of the references' 64-128: a
+  100-image set (10 classes x IPC 10) would otherwise train one step per epoch."""
   c.dataset.name = "fashion_mnist"
   c.dataset.val_size = 5000
   c.evaluate.student = {"arch": "convnet", "kwargs": {"width": 32, "depth": 3}}
-  c.evaluate.epochs = 100
   c.evaluate.batch_size = 50
-  c.evaluate.lr = 2e-3
-  c.evaluate.temperature = 4.0
-  c.evaluate.eval_every = 20
+  c.evaluate.optimizer = "adamw"
+  c.evaluate.lr = 1e-3
+  c.evaluate.weight_decay = 0.01
   c.evaluate.seeds = 3
+  c.evaluate.subset_draws = 3
+  c.evaluate.label_modes = ("soft", "hard", "soft_noaug")
+  c.evaluate.full_data = True
 
 
 def shrink(c: ml_collections.ConfigDict, *, student_epochs: int, eval_every: int,
@@ -110,6 +129,7 @@ def shrink(c: ml_collections.ConfigDict, *, student_epochs: int, eval_every: int
   """The part of a smoke variant the decoupled methods share: 2000 train, 500 validation and
   500 test images; a ConvNet-3 student trained for `student_epochs` at batch 10 and scored
   every `eval_every` epochs over 2 seeds; logs and checkpoints every `log_every` steps."""
+  c.teacher_cache = ""   # tests never read or write the user's cache
   c.dataset.max_train = 2000
   c.dataset.max_test = 500
   c.dataset.val_size = 500
@@ -119,5 +139,7 @@ def shrink(c: ml_collections.ConfigDict, *, student_epochs: int, eval_every: int
   c.evaluate.eval_every = eval_every
   c.evaluate.batch_size = 10
   c.evaluate.seeds = 2
+  c.evaluate.label_modes = ("soft",)
+  c.evaluate.full_data = False
   c.log_every = log_every
   c.checkpoint_every = log_every

@@ -46,6 +46,7 @@ def base_config(plus: bool = False) -> ml_collections.ConfigDict:
   c = new_config("fadrm", checkpoint_every=100)
   c.plus = bool(plus)
   c.dataset = classification.dataset_config()
+  c.teacher_cache = "auto"   # jdd.stages.teacher_cache: '' trains every teacher in the workdir
   c.teacher = ml_collections.ConfigDict()
   c.teachers = ml_collections.ConfigDict()
   c.teacher_names = ()
@@ -54,7 +55,8 @@ def base_config(plus: bool = False) -> ml_collections.ConfigDict:
       compute_dtype="bfloat16",
       init=ml_collections.ConfigDict(dict(
           method="patches", candidates_per_class=0, crops_per_image=5, factor=1,
-          crop_scale=(0.5, 1.0))))
+          crop_scale=(0.5, 1.0),
+          difficulty="medium")))   # FADRM's --patch-diff medium (jdd.methods.fadrm)
   c.relabel = classification.relabel_config(
       mode="bssl",
       teacher_names=(),

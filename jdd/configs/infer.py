@@ -23,6 +23,7 @@ def set_compensator_teachers(c: ml_collections.ConfigDict, teachers: dict) -> No
 def base_config() -> ml_collections.ConfigDict:
   c = new_config("infer", checkpoint_every=100)
   c.dataset = classification.dataset_config()
+  c.teacher_cache = "auto"   # jdd.stages.teacher_cache: '' trains every teacher in the workdir
   c.teachers = ml_collections.ConfigDict()
   c.teacher_names = ()
   c.recover = classification.recover_config(

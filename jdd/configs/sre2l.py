@@ -15,6 +15,7 @@ from jdd.configs import classification, new_config
 def base_config() -> ml_collections.ConfigDict:
   c = new_config("sre2l", checkpoint_every=100)
   c.dataset = classification.dataset_config()
+  c.teacher_cache = "auto"   # jdd.stages.teacher_cache: '' trains every teacher in the workdir
   c.teacher = classification.teacher("resnet18", {"stem": "cifar"})
   c.recover = classification.recover_config(iterations=1000, jitter_symmetric=False)
   c.relabel = classification.relabel_config(mode="stored")  # 'stored' | 'online'

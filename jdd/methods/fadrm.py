@@ -33,9 +33,12 @@ and it needs nothing but the teacher: for class c, draw N real training images o
 K RandomResizedCrop boxes per image (scale `crop_scale`, default (0.5, 1)), resize every crop
 to the full resolution, score it by the teacher's cross-entropy on c (eval mode; lower = more
 typical of c), keep each image's best crop (so one image cannot supply several patches), rank
-the images by that crop's score, and keep the best ipc * f^2. With `factor` f > 1 the kept crops
-are tiled f x f (row-major, in rank order, each downsized to D/f) into one patch, RDED's mosaic;
-f = 1 gives one crop per patch. Scoring uses the first teacher of the list.
+the images by that crop's score, and keep ipc * f^2 of them by `difficulty`: 'easy' the most
+typical (RDED's choice), 'medium' the block of ranks centred on the median (FADRM's scripts all
+pass `--patch-diff medium`: neither the easiest nor the hardest images; jdd's reading of the
+undocumented level), 'hard' the least typical. With `factor` f > 1 the kept crops are tiled
+f x f (row-major, in rank order, each downsized to D/f) into one patch, RDED's mosaic; f = 1
+gives one crop per patch. Scoring uses the first teacher of the list.
 
 The recover stage (patch selection, rounds of class groups, checkpoints and the export) is
 `jdd.stages.residual_matching`; this module is the maths. A checkpoint saved at step L holds
@@ -321,10 +324,14 @@ def score_crops(key: jax.Array, images: jax.Array, target, teacher_variables, *,
   return crops, boxes, ce.reshape(n, crops_per_image)
 
 
+DIFFICULTIES = ("easy", "medium", "hard")
+
+
 def select_class_patches(key: jax.Array, images: jax.Array, target, teacher_variables, *,
                          model, ipc: int, crops_per_image: int, factor: int = 1,
-                         crop_scale=(0.5, 1.0)) -> dict:
-  """RDED-style patches of one class (module docstring): best crop per image, best images.
+                         crop_scale=(0.5, 1.0), difficulty: str = "easy") -> dict:
+  """RDED-style patches of one class (module docstring): best crop per image, then the images
+  of the chosen `difficulty` by that crop's rank.
 
   Returns {'patches': (ipc, H, W, C), 'image_index': (ipc * f^2,) chosen images in rank order,
   'crop_index': their chosen crop, 'ce': its cross-entropy}.
@@ -339,9 +346,12 @@ def select_class_patches(key: jax.Array, images: jax.Array, target, teacher_vari
                      f"divides, got {h}x{w}")
   crops, _, ce = score_crops(key, images, target, teacher_variables, model=model,
                              crops_per_image=crops_per_image, crop_scale=crop_scale)
+  if difficulty not in DIFFICULTIES:
+    raise ValueError(f"patch difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
   crop_index = jnp.argmin(ce, axis=1)                       # each image's most typical crop
   best_ce = jnp.take_along_axis(ce, crop_index[:, None], 1)[:, 0]
-  image_index = jnp.argsort(best_ce, stable=True)[:need]    # the most typical images
+  start = {"easy": 0, "medium": (n - need) // 2, "hard": n - need}[difficulty]
+  image_index = jnp.argsort(best_ce, stable=True)[start:start + need]   # by rank
   chosen = crops[image_index, crop_index[image_index]]      # (need, H, W, C)
   if factor > 1:
     cells = resize(chosen, h // factor).reshape(ipc, factor, factor, h // factor, w // factor, c)

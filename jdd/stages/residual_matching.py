@@ -121,7 +121,7 @@ def select_patches(ctx: RunContext, teacher, ipc: int) -> tuple[np.ndarray, dict
     source = "train split, first N images of each class in record order (streamed)"
   select = jax.jit(functools.partial(
       fadrm.select_class_patches, model=teacher.model, ipc=ipc, crops_per_image=crops, factor=factor,
-      crop_scale=tuple(float(x) for x in ic.crop_scale)))
+      crop_scale=tuple(float(x) for x in ic.crop_scale), difficulty=str(ic.difficulty)))
   crop_key = jax.random.fold_in(base, 1)
   patches, classes = [], []
   for c in range(data.num_classes):
@@ -138,6 +138,7 @@ def select_patches(ctx: RunContext, teacher, ipc: int) -> tuple[np.ndarray, dict
             "scored_by": teacher.name, "seed": int(config.seed),
             "key": "fold_in(key(seed), 1) (recover_init)", "source": source,
             "candidates_per_class": per_class, "crops_per_image": crops, "factor": factor,
+            "difficulty": str(ic.difficulty),
             "crop_scale": list(ic.crop_scale), "classes": classes}
   return np.stack(patches), record
 

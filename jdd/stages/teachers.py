@@ -1,12 +1,12 @@
 """Squeeze: the run's teachers, each loaded from a folder or trained here (resumable).
 
 Two config schemas are accepted:
-- one teacher, `config.teacher` (SRe2L's configs): stored in W/teacher/, trained with the key
-  `keys['squeeze']` and checkpointed as stage `squeeze`, exactly as before multi-teacher runs;
+- one teacher, `config.teacher` (SRe2L's configs): stored in W/teacher/ and checkpointed as
+  stage `squeeze`;
 - several, `config.teachers` (a ConfigDict name -> teacher ConfigDict with the same fields as
-  `config.teacher`) ordered by `config.teacher_names`: stored in W/teachers/<name>/, each trained
-  with its own key `fold_in(keys['squeeze'], crc32(name))` so that reordering or adding teachers
-  never changes one already trained. INFER assigns teacher m to the m-th name; FADRM+ cycles
+  `config.teacher`) ordered by `config.teacher_names`: stored in W/teachers/<name>/, each with
+  its own key (below), so that reordering or adding teachers never changes one already
+  trained. INFER assigns teacher m to the m-th name; FADRM+ cycles
   through the names in that order. Teachers defined but not in `teacher_names` are loaded
   after them (for label sources that name them). A config holding both (`teacher` as an alias of the first)
   uses the list.
@@ -14,13 +14,24 @@ Two config schemas are accepted:
 A teacher folder holds `variables/` (Orbax) and `card.json` (arch, kwargs, num_classes,
 image_shape, dataset, normalisation, accuracies). `teacher.checkpoint` points at such a folder:
 a finished run's, or one written by the converter CLI from third-party weights.
+
+A teacher squeezed here is trained with the key `fold_in(keys['squeeze'], digest)`, where the
+digest covers its architecture, recipe, training split and seed (`jdd.stages.teacher_cache`),
+so the same teacher is the same network in every config that asks for it, whatever its name;
+with `config.teacher_cache` on it is trained once and then found in the cache (or among the
+teachers shipped with jdd). Two teachers of one config with the same digest would be the same
+network and are refused.
+
+The full-data student (`full_data_student`) is the DD-Ranking ceiling: the evaluation's student
+architecture trained on the whole training split with hard labels, by the first teacher's
+squeeze recipe, through the same code and cache (the first teacher itself when it already is
+that network).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import zlib
 
 import jax
 import numpy as np
@@ -28,6 +39,7 @@ import orbax.checkpoint as ocp
 
 from jdd import checkpoint, models, training
 from jdd.loop import RunContext, Teacher
+from jdd.stages import teacher_cache
 
 
 def is_multi(config) -> bool:
@@ -132,28 +144,85 @@ def _train_teacher(ctx: RunContext, name: str, tc, folder: str, stage: str, key)
                                 "test_top1": acc["test"]})
 
 
+def _cache_spec(ctx: RunContext, tc, role: str = "teacher") -> tuple[dict, str]:
+  spec = teacher_cache.spec(tc, expected_card(tc, ctx.data), ctx.config.dataset,
+                            int(ctx.config.seed), role)
+  return spec, teacher_cache.digest(spec)
+
+
+def _squeezed(ctx: RunContext, name: str, tc, folder: str, stage: str, role: str = "teacher"):
+  """(model, variables, card) of a network squeezed by this recipe: from the shipped teachers
+  or the cache when there, else trained into `folder` (resumable) and then cached."""
+  spec, digest = _cache_spec(ctx, tc, role)
+  expect = expected_card(tc, ctx.data)
+  cached = teacher_cache.lookup(ctx.config, digest)
+  if cached is not None:
+    print(f"[squeeze] {role} {name}: cached at {cached}", flush=True)
+    folder = cached
+  elif os.path.exists(os.path.join(folder, "card.json")):
+    print(f"[squeeze] {role} {name} already trained: skipped", flush=True)
+  else:
+    key = jax.random.fold_in(ctx.keys["squeeze"], teacher_cache.key_index(digest))
+    _train_teacher(ctx, name, tc, folder, stage, key)
+  if cached is None:
+    folder = teacher_cache.store(folder, teacher_cache.cache_root(ctx.config), spec,
+                                 digest) or folder
+  model, variables, card = load_teacher(folder, expect)
+  return model, variables, {**card, "cache_folder": folder, "digest": digest}
+
+
 def squeeze(ctx: RunContext) -> list[Teacher]:
-  """Every teacher of the config, in order: loaded from its checkpoint, or from the workdir
-  when an earlier run finished it, or trained now."""
+  """Every teacher of the config, in order: loaded from its checkpoint, found in the cache or
+  the workdir when trained before, or trained now."""
   specs = teacher_specs(ctx.config)
   legacy = not is_multi(ctx.config)
+  digests = {}
+  for name, tc, _ in specs:
+    if not tc.checkpoint:
+      d = _cache_spec(ctx, tc)[1]
+      if d in digests:
+        raise ValueError(f"teachers {digests[d]!r} and {name!r} have the same architecture, "
+                         "recipe and seed, so they would be the same network; change a field "
+                         "of one of them (or drop it)")
+      digests[d] = name
   out = []
   for name, tc, rel in specs:
-    folder = os.path.join(ctx.workdir, rel)
-    expect = expected_card(tc, ctx.data)
     if tc.checkpoint:
       print(f"[squeeze] teacher {name}: using {tc.checkpoint}", flush=True)
-      out.append(Teacher(name, *load_teacher(tc.checkpoint, expect)))
+      out.append(Teacher(name, *load_teacher(tc.checkpoint, expected_card(tc, ctx.data))))
       continue
-    if not os.path.exists(os.path.join(folder, "card.json")):
-      key = ctx.keys["squeeze"]
-      if not legacy:
-        key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
-      _train_teacher(ctx, name, tc, folder, "squeeze" if legacy else f"squeeze_{name}", key)
-    else:
-      print(f"[squeeze] teacher {name} already trained: skipped", flush=True)
-    out.append(Teacher(name, *load_teacher(folder, expect)))
+    out.append(Teacher(name, *_squeezed(ctx, name, tc, os.path.join(ctx.workdir, rel),
+                                        "squeeze" if legacy else f"squeeze_{name}")))
   return out
+
+
+def full_data_student(ctx: RunContext) -> dict | None:
+  """The ceiling of the comparison (DD-Ranking's 'real-hard' accuracy): the student
+  architecture trained on the whole training split with hard labels by the first teacher's
+  squeeze recipe; its card (val_top1, test_top1, ...), or None when `evaluate.full_data` is off.
+
+  When the first teacher was squeezed here (or found in the cache) with the student's own
+  architecture, it *is* that network: the same training on the same data, differing from a
+  second one only by its seed. Its card is returned (`same_as_teacher`) instead of training a
+  second network for half an hour of CPU.
+  """
+  ec = ctx.config.evaluate
+  if not ec.get("full_data", False):
+    return None
+  name, first, _ = teacher_specs(ctx.config)[0]
+  tc = first.copy_and_resolve_references()
+  with tc.unlocked():
+    tc.arch = ec.student.arch
+    tc.kwargs = ec.student.get("kwargs", {})
+    tc.checkpoint = ""
+  loaded = {t.name: t for t in ctx.teachers}.get(name)
+  if (loaded is not None and not first.checkpoint
+      and loaded.card.get("digest") == _cache_spec(ctx, tc)[1]):
+    return {**loaded.card, "same_as_teacher": name}
+  _, _, card = _squeezed(ctx, "full_data_student", tc,
+                         os.path.join(ctx.workdir, "full_data_student"), "squeeze_full_data",
+                         role="full_data_student")
+  return card
 
 
 def summary(teachers: list[Teacher]) -> list[dict]:

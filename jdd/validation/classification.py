@@ -96,6 +96,26 @@ def static(config) -> None:
   if eta is not MISSING and float(epochs * eta) != int(epochs * eta):
     raise fail(f"{e}.cosine_eta", eta, f"a value >= 1 making evaluate.epochs * eta a whole "
                f"number (epochs={epochs})")
+  _comparison(config)
+
+
+def _comparison(config) -> None:
+  """The fields of the like-with-like comparison (jdd.stages.evaluate) and the teacher cache."""
+  from jdd.stages import evaluate as evaluate_stage
+  e = "evaluate"
+  integer(config, f"{e}.subset_draws", lo=0, why="0 draws one random subset per evaluation seed")
+  integer(config, f"{e}.distill_seeds", lo=1, why="the number of distilled sets compared")
+  modes = get(config, f"{e}.label_modes")
+  if modes is not MISSING:
+    names = tuple(modes) if isinstance(modes, (list, tuple)) else (modes,)
+    bad = [m for m in names if m not in evaluate_stage.MODES]
+    if not names or bad or "soft" not in names or len(set(names)) != len(names):
+      raise fail(f"{e}.label_modes", names, f"distinct names of {evaluate_stage.MODES}, "
+                 "'soft' among them", f"{bad} are not label modes" if bad else
+                 "'soft' (the method's own labels) is the headline every comparison reports")
+  cache = get(config, "teacher_cache")
+  if cache is not MISSING and not isinstance(cache, str):
+    raise fail("teacher_cache", cache, "'auto', '' (off) or a folder")
 
 
 def _fadrm_static(config) -> None:
@@ -116,6 +136,9 @@ def _fadrm_static(config) -> None:
   integer(config, f"{r}.init.crops_per_image", lo=1)
   integer(config, f"{r}.init.candidates_per_class", lo=0)
   interval(config, f"{r}.init.crop_scale", 0.0, 1.0)
+  from jdd.methods import fadrm
+  choice(config, f"{r}.init.difficulty", fadrm.DIFFICULTIES,
+         "which teacher-scored patches start the recover (FADRM's --patch-diff)")
   ic = config.recover.init
   least = int(config.recover.ipc) * int(ic.factor) ** 2
   if 0 < int(ic.candidates_per_class) < least:
