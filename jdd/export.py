@@ -31,7 +31,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -51,14 +50,6 @@ def export_dir(workdir: str) -> str:
   return os.path.join(workdir, "export")
 
 
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(chunk), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def file_entries(root: str) -> dict[str, dict]:
   """{relative path: {'bytes', 'sha256'}} of every file under `root` but the manifest."""
   out = {}
@@ -67,14 +58,14 @@ def file_entries(root: str) -> dict[str, dict]:
       path = os.path.join(folder, name)
       rel = os.path.relpath(path, root).replace(os.sep, "/")
       if rel != MANIFEST:
-        out[rel] = {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+        out[rel] = {"bytes": os.path.getsize(path), "sha256": checkpoint.sha256_file(path)}
   return dict(sorted(out.items()))
 
 
 def npy_entry(path: str, entry: dict | None = None) -> dict:
   """Shape, dtype and bytes of a .npy file (sha256 from `entry` when already computed)."""
   arr = np.load(path, mmap_mode="r")
-  digest = entry["sha256"] if entry else sha256_file(path)
+  digest = entry["sha256"] if entry else checkpoint.sha256_file(path)
   return {"shape": list(arr.shape), "dtype": str(arr.dtype), "array_bytes": int(arr.nbytes),
           "file_bytes": os.path.getsize(path), "sha256": digest}
 

@@ -36,6 +36,7 @@ import shutil
 import tempfile
 
 import jdd
+from jdd import checkpoint
 
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(jdd.__file__)), "assets", "teachers")
 SUMS = "SHA256SUMS"
@@ -145,14 +146,6 @@ def _files(folder: str) -> list[str]:
   return sorted(out)
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def read_sums() -> dict[str, str]:
   path = os.path.join(SHIPPED_DIR, SUMS)
   if not os.path.exists(path):
@@ -177,7 +170,7 @@ def verify_shipped(entry: str | None = None) -> int:
     raise ValueError(f"shipped teacher files not listed in {SUMS}: {extra}")
   for name in names:
     path = os.path.join(SHIPPED_DIR, name)
-    if not os.path.exists(path) or _sha256(path) != sums[name]:
+    if not os.path.exists(path) or checkpoint.sha256_file(path) != sums[name]:
       raise ValueError(f"shipped teacher file {name} is missing or does not match its sha256 in "
                        f"{os.path.join(SHIPPED_DIR, SUMS)}; restore it with git checkout")
   return len(names)
@@ -192,8 +185,8 @@ def ship(folders: list[str]) -> None:
       if os.path.exists(dst):
         shutil.rmtree(dst)
       shutil.copytree(folder, dst)
-  lines = [f"{_sha256(os.path.join(SHIPPED_DIR, n))}  {n}\n" for n in _files(SHIPPED_DIR)
-           if n != SUMS]
+  digest = lambda n: checkpoint.sha256_file(os.path.join(SHIPPED_DIR, n))
+  lines = [f"{digest(n)}  {n}\n" for n in _files(SHIPPED_DIR) if n != SUMS]
   with open(os.path.join(SHIPPED_DIR, SUMS), "w") as f:
     f.writelines(lines)
 

@@ -17,6 +17,17 @@ from jdd.validation.fields import positive
 OPTIMIZERS = ("sgd", "adamw")
 
 
+def _training(config, prefix: str, epochs) -> None:
+  """The fields of a network's training (teacher or student) under `prefix`."""
+  integer(config, f"{prefix}.batch_size", lo=1)
+  positive(config, f"{prefix}.lr")
+  choice(config, f"{prefix}.optimizer", OPTIMIZERS)
+  number(config, f"{prefix}.weight_decay", lo=0.0)
+  number(config, f"{prefix}.momentum", lo=0.0, hi=1.0)
+  integer(config, f"{prefix}.warmup_epochs", lo=0, hi=epochs,
+          why=f"warm-up must end within the {epochs} epochs")
+
+
 def static(config) -> None:
   from jdd.data import augment
   from jdd.stages import relabel, teachers
@@ -27,15 +38,7 @@ def static(config) -> None:
   for name, tc, rel in specs:
     prefix = _teacher_prefix(config, name)
     if not tc.checkpoint:
-      integer(config, f"{prefix}.epochs", lo=1)
-      integer(config, f"{prefix}.batch_size", lo=1)
-      positive(config, f"{prefix}.lr")
-      choice(config, f"{prefix}.optimizer", OPTIMIZERS)
-      number(config, f"{prefix}.weight_decay", lo=0.0)
-      number(config, f"{prefix}.momentum", lo=0.0, hi=1.0)
-      epochs = int(tc.epochs)
-      integer(config, f"{prefix}.warmup_epochs", lo=0, hi=epochs,
-              why=f"warm-up must end within the {epochs} epochs")
+      _training(config, prefix, integer(config, f"{prefix}.epochs", lo=1))
       integer(config, f"{prefix}.crop_padding", lo=0)
 
   r = "recover"
@@ -83,13 +86,7 @@ def static(config) -> None:
   integer(config, f"{e}.eval_every", lo=1, hi=epochs,
           why=f"the student is scored every eval_every of its {epochs} epochs")
   integer(config, f"{e}.seeds", lo=1)
-  integer(config, f"{e}.batch_size", lo=1)
-  positive(config, f"{e}.lr")
-  choice(config, f"{e}.optimizer", OPTIMIZERS)
-  number(config, f"{e}.weight_decay", lo=0.0)
-  number(config, f"{e}.momentum", lo=0.0, hi=1.0)
-  integer(config, f"{e}.warmup_epochs", lo=0, hi=epochs,
-          why=f"warm-up must end within the {epochs} epochs")
+  _training(config, e, epochs)
   positive(config, f"{e}.temperature")
   integer(config, f"{e}.grad_accum_steps", lo=1)
   eta = number(config, f"{e}.cosine_eta", lo=1.0)
@@ -200,7 +197,7 @@ def with_data(config, facts: datasets.ClassificationFacts, shapes: bool = True) 
       models.card(prefix, tc.checkpoint, expect, facts.name)
       continue
     if facts.streamed:
-      raise fail(f"{prefix}.checkpoint", "", f"a converted teacher folder (card.json + "
+      raise fail(f"{prefix}.checkpoint", "", "a converted teacher folder (card.json + "
                  "variables/), or dataset.max_train > 0 for a materialised subset",
                  f"the training split of {facts.name} is streamed, so no teacher is squeezed "
                  "on it")
