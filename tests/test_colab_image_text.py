@@ -6,10 +6,14 @@ other notebooks (tests/test_colabs.py holds the harness and the format checks).
 
 import math
 
+import pytest
+
 from jdd.evaluation.retrieval import METRICS
 from tests.test_colabs import run_at_small_scale
 
 
+# Minutes on 2 cores; the drivers it calls run end to end in test_image_text_runner.py.
+@pytest.mark.slow
 def test_image_text_notebook_runs_at_small_scale(tmp_path, monkeypatch):
   ns = run_at_small_scale("image_text", tmp_path, monkeypatch)
   assert set(ns["sets"]) == {"distilled_repblend", "random_10", "random_10_learned_lr"}

@@ -349,12 +349,15 @@ def test_full_two_stage_recover_from_selected_patches():
     ("imagenet", (200, 224, 200, 224), (500,) * 4, 0.25, 4),
     ("imagenette", (200, 224, 200, 224), (500,) * 4, 0.05, 4),
     ("imagewoof", (200, 224, 200, 224), (500,) * 4, 0.25, 4),
-    ("fashion_mnist", (28,) * 4, (125,) * 4, 0.1, 2),
+    ("fashion_mnist", (28,) * 4, (500,) * 4, 0.25, 2),
 ])
 def test_configs_follow_the_paper_tables(name, res, budgets, lr, plus_teachers):
   path = os.path.join(ROOT, "configs", f"fadrm_{name}.py")
   c = load_config(path)
-  assert c.method == "fadrm" and c.recover.alpha == 0.5 and c.recover.r_bn == 0.01
+  assert c.method == "fadrm" and c.recover.alpha == 0.5
+  # r_bn 0.01 is for ResNet-18's 20 BN layers; the 3-layer ConvNet of the offline config takes
+  # 1.0, as the references set it for shallow teachers (configs/fadrm_fashion_mnist.py).
+  assert c.recover.r_bn == (1.0 if name == "fashion_mnist" else 0.01)
   assert tuple(c.recover.resolutions) == res and tuple(c.recover.budgets) == budgets
   assert c.recover.lr == lr and len(c.teacher_names) == 1
   assert set(c.teacher_names) <= set(c.teachers.keys())

@@ -18,6 +18,8 @@ def smoke_config(tmp_path, **extra):
   return override(c, **{"dataset.root": str(tmp_path / "data"), **extra})
 
 
+# Minutes on 2 cores; the experts' stages are covered by test_experts.py and test_pipeline.py.
+@pytest.mark.slow
 def test_experts_shapes_smoke_end_to_end(tmp_path):
   work = str(tmp_path / "w")
   results = run_lib.run(smoke_config(tmp_path), work)

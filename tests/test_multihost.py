@@ -41,10 +41,14 @@ def _single(workdir: str) -> list[str]:
 
 
 def _numbers(workdir: str) -> dict:
-  """results.json without the timings (`*_this_process`, at any depth), paths relative to W."""
+  """results.json without the timings (`*_this_process`, `*_seconds`, at any depth), paths
+  relative to W."""
   def strip(x):
     if isinstance(x, dict):
-      return {k: strip(v) for k, v in x.items() if not k.endswith("_this_process")}
+      return {k: strip(v) for k, v in x.items()
+              if not k.endswith(("_this_process", "_seconds"))}
+    if isinstance(x, list):
+      return [strip(v) for v in x]
     return x.replace(workdir, "W") if isinstance(x, str) else x
   return strip(json.load(open(os.path.join(workdir, "results.json"))))
 

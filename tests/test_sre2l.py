@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jdd import models
 from jdd.methods import sre2l
@@ -101,6 +102,8 @@ np.save(sys.argv[2], np.asarray(state.images))
 """
 
 
+# Devices agree also in test_multihost.py (1 process x 2 devices against 2 processes).
+@pytest.mark.slow
 def test_one_and_four_devices_agree(tmp_path):
   outs = []
   for n in (1, 4):

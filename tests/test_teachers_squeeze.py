@@ -65,7 +65,7 @@ def _batch(size=32, n=4, seed=0):
 
 # The deepest nets keep compiling for tens of seconds even when narrow: `slow` (scripts/test.sh
 # --all); every module family still squeezes in the default run through a smaller sibling.
-_HEAVY = {"densenet121", "efficientnet_b0", "resnet101"}
+_HEAVY = {"densenet121", "efficientnet_b0", "resnet101", "shufflenet_v2_x1_0"}
 
 
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in _HEAVY else a

@@ -24,6 +24,7 @@ and every process then writes the finished ones together (process 0 alone touche
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -123,7 +124,10 @@ def _students(ctx: RunContext, jobs: list, name: str) -> list[dict]:
     s, mode, seed, path = jobs[i]
     if done[i]:
       return checkpoint.read_json(path)
-    r = _student(ctx, s, mode, seed, path)
+    # As JSON holds it (string keys, lists): a fresh result, a resumed one and one received
+    # from another process summarise alike.
+    r = json.loads(json.dumps(_student(ctx, s, mode, seed, path),
+                              default=checkpoint.json_default))
     if not many:
       checkpoint.atomic_write_json(path, r)
     return r
