@@ -114,6 +114,8 @@ def run_at_small_scale(name: str, tmp_path, monkeypatch) -> dict:
   return namespace
 
 
+# Most of a minute on 2 cores; its drivers run end to end in the runner tests: slow.
+@pytest.mark.slow
 def test_research_notebook_runs_at_small_scale(tmp_path, monkeypatch):
   run_at_small_scale("research", tmp_path, monkeypatch)
 

@@ -47,7 +47,9 @@ def test_rows_run_on_both_sides(tmp_path, rows):
     assert match, f"row {row} missing or failed:\n{out}"
     jdd_s, torch_s, ratio = map(float, match.groups())
     assert jdd_s > 0 and torch_s > 0
-    assert abs(ratio - jdd_s / torch_s) <= 0.006 + 0.01 * ratio   # printed to 2 decimals
+    # The ratio is printed to 2 decimals from unrounded times; the times to 3 decimals.
+    rounding = ratio * (0.0005 / jdd_s + 0.0005 / torch_s)
+    assert abs(ratio - jdd_s / torch_s) <= 0.006 + 1.01 * rounding
   table = md.read_text().splitlines()
   body = [line for line in table if line.startswith("| ") and not line.startswith("| row")]
   assert [line.split(" | ")[0][2:] for line in body] == rows
