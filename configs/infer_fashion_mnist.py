@@ -54,11 +54,7 @@ def get_config(arg=None):
   c.recover.groups_per_step = 16
   c.recover.r_bn = 1.0
   c.recover.jitter = 4
-  c.relabel.crop = "pad_crop"
-  c.relabel.crop_padding = 4
-  c.relabel.mix = "mixup"
-  c.relabel.mix_alpha = 0.8
-  c.evaluate.temperature = 30.0
+  classification.fashion_mnist_fkd_labels(c)
   c.evaluate.epochs = 200 if c.recover.ipc <= 10 else 100
   c.evaluate.eval_every = c.evaluate.epochs // 10
   infer.apply_variants(c, args)

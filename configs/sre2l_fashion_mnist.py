@@ -53,11 +53,7 @@ def get_config(arg=None):
   c.recover.random_resized_crop = False
   c.recover.flip = False
   c.recover.jitter = 4
-  c.relabel.crop = "pad_crop"
-  c.relabel.crop_padding = 4
-  c.relabel.mix = "mixup"
-  c.relabel.mix_alpha = 0.8
-  c.evaluate.temperature = 30.0
+  classification.fashion_mnist_fkd_labels(c)
   c.evaluate.epochs = 400 if c.recover.ipc <= 10 else 200
   c.evaluate.eval_every = c.evaluate.epochs // 10
   if args.get("smoke"):

@@ -124,6 +124,16 @@ def fashion_mnist(c: ml_collections.ConfigDict) -> None:
   c.evaluate.full_data = True
 
 
+def fashion_mnist_fkd_labels(c: ml_collections.ConfigDict) -> None:
+  """SRe2L's and INFER's label recipe on the 28-px set (the references' small-image scripts):
+  pad-crop 4 and Mixup 0.8 on the relabelled batches, temperature 30."""
+  c.relabel.crop = "pad_crop"
+  c.relabel.crop_padding = 4
+  c.relabel.mix = "mixup"
+  c.relabel.mix_alpha = 0.8
+  c.evaluate.temperature = 30.0
+
+
 def shrink(c: ml_collections.ConfigDict, *, student_epochs: int, eval_every: int,
            log_every: int) -> None:
   """The part of a smoke variant the decoupled methods share: 2000 train, 500 validation and
