@@ -18,6 +18,7 @@ the SRe2L and RepBlend smoke configs, tests/test_multihost.py).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -54,6 +55,43 @@ def shard(x, mesh: jax.sharding.Mesh, axes=(0,)):
                                     impl=jax.random.key_impl(x))
   host = x if isinstance(x, np.ndarray) else np.asarray(jax.device_get(x))
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def local_rows(n: int, mesh: jax.sharding.Mesh) -> np.ndarray:
+  """The rows of an n-row batch sharded on axis 0 (`batch_spec`) that this process's devices
+  hold, ascending: all of them with one process, or when n does not split over the devices."""
+  sharding = NamedSharding(mesh, batch_spec((n,), mesh))
+  if jax.process_count() == 1 or sharding.is_fully_replicated:
+    return np.arange(n)
+  held = {i for index in sharding.addressable_devices_indices_map((n,)).values()
+          for i in range(*index[0].indices(n))}
+  return np.array(sorted(held), dtype=np.int64)
+
+
+def shard_rows(n: int, load, mesh: jax.sharding.Mesh):
+  """An n-row batch sharded on axis 0 over the mesh, of which this process loads only its rows:
+  `load(rows)` gets the ascending batch positions its devices hold (`local_rows`) and returns a
+  host array (or a dict of them) with one entry per position; each device's slice is placed
+  from it. Row i must depend on i alone (its own image, its own augmentation seed), so the
+  global batch is the same whoever loads which rows. One process loads all n rows and places
+  them as `shard` does."""
+  rows = local_rows(n, mesh)
+  local = load(rows)
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: shard(jnp.asarray(x), mesh), local)
+  position = np.full(n, -1, np.int64)
+  position[rows] = np.arange(len(rows))
+
+  def place(x):
+    x = np.asarray(x)
+    x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)   # as jnp.asarray would
+    if len(x) != len(rows):
+      raise ValueError(f"load(rows) returned {len(x)} rows for {len(rows)} batch positions")
+    shape = (n, *x.shape[1:])
+    sharding = NamedSharding(mesh, batch_spec(shape, mesh))
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: x[position[np.arange(n)[index[0]]]])
+  return jax.tree.map(place, local)
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):

@@ -223,3 +223,48 @@ def test_repblend_two_processes_export_what_one_process_exports(tmp_path):
     np.testing.assert_array_equal(np.load(os.path.join(w1, "export", name)),
                                   np.load(os.path.join(w2, "export", name)), err_msg=name)
   assert _numbers(w1) == _numbers(w2)
+
+
+_ROWS_SCRIPT = r"""
+import sys
+import numpy as np
+from jdd import distributed
+distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                       process_id=int(sys.argv[2]))
+import jax
+from jdd import mesh as mesh_lib
+mesh = mesh_lib.make_mesh(None)
+asked = []
+
+def load(rows):
+  asked.append(rows.tolist())
+  return {"x": np.stack([np.full((3,), r, np.float64) for r in rows]), "t": rows * 10}
+
+for n in (8, 6):   # 8 splits over the 4 devices; 6 does not, so it is replicated
+  batch = mesh_lib.shard_rows(n, load, mesh)
+  whole = mesh_lib.fetch(batch)
+  assert whole["x"].dtype == np.float32, whole["x"].dtype
+  np.testing.assert_array_equal(whole["x"][:, 0], np.arange(n))
+  np.testing.assert_array_equal(whole["t"], np.arange(n) * 10)
+  total = jax.jit(lambda b: b["x"].sum() + b["t"].sum())(batch)
+  assert float(total) == 3 * n * (n - 1) / 2 + 10 * n * (n - 1) / 2, float(total)
+print("asked", jax.process_index(), asked, flush=True)
+distributed.exit_now(0)
+"""
+
+
+def test_each_process_loads_only_the_rows_its_devices_hold(tmp_path):
+  """`jdd.mesh.shard_rows` over 2 processes x 2 devices: each process's `load` is asked for its
+  half of a batch that splits over the 4 devices (all of one that does not), and the global
+  batch is the whole one."""
+  script = tmp_path / "rows.py"
+  script.write_text(_ROWS_SCRIPT)
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, str(script), address, str(i)], cwd=ROOT,
+                            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert "asked 0 [[0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]" in outs[0], outs[0][-2000:]
+  assert "asked 1 [[4, 5, 6, 7], [0, 1, 2, 3, 4, 5]]" in outs[1], outs[1][-2000:]

@@ -124,7 +124,10 @@ def _flat(params: dict) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- pixels
 def pixel_batches(plan: Plan, ekey: jax.Array):
   """Step s -> expert batch s (images on the device, sharded over the mesh when it has several
-  devices; texts; the step's index in its epoch), a pure function of (ekey, s)."""
+  devices; texts; the step's index in its epoch), a pure function of (ekey, s). Over several
+  devices each process reads and augments only the rows its devices hold
+  (`jdd.mesh.shard_rows`): row k's augmentation seed is drawn for the whole batch, so it is
+  the same whichever process reads row k."""
   b, per_epoch, mesh = plan.batch, plan.per_epoch, plan.ctx.mesh
   orders: dict[int, np.ndarray] = {}
 
@@ -135,15 +138,20 @@ def pixel_batches(plan: Plan, ekey: jax.Array):
       orders[epoch] = plan.order(ekey, epoch)
     idx = orders[epoch][i * b:(i + 1) * b]
     rows = plan.image_index[idx]
-    if plan.transform is None:
-      x = plan.images[rows]
-    else:
-      seeds = pipeline.image_seeds(host_rng(jax.random.fold_in(ekey, 1 + epoch), i), b)
-      x = plan.files.augmented(rows, seeds, plan.transform)
-    x, t = jnp.asarray(x), jnp.asarray(plan.texts[idx])
+    seeds = (None if plan.transform is None else
+             pipeline.image_seeds(host_rng(jax.random.fold_in(ekey, 1 + epoch), i), b))
+
+    def load(held):
+      if seeds is None:
+        x = plan.images[rows[held]]
+      else:
+        x = plan.files.augmented(rows[held], seeds[held], plan.transform)
+      return {"images": x, "texts": plan.texts[idx[held]]}
+
     if mesh.shape["data"] > 1:
-      x, t = mesh_lib.shard(x, mesh), mesh_lib.shard(t, mesh)
-    return {"images": x, "texts": t, "i": i}
+      return {**mesh_lib.shard_rows(b, load, mesh), "i": i}
+    batch = load(np.arange(b))
+    return {"images": jnp.asarray(batch["images"]), "texts": jnp.asarray(batch["texts"]), "i": i}
   return make_batch
 
 
