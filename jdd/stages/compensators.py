@@ -17,7 +17,6 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jdd import checkpoint, mesh as mesh_lib
@@ -91,12 +90,14 @@ def recover_stage(ctx: RunContext) -> DistilledSet:
       rows = units[start:start + per_round]
       out = os.path.join(rounds_dir, f"{teacher.name}_round{r:05d}.npy")
       if not os.path.exists(out):
-        # (U, B, H, W, C): unit (g, j) sees slot j of every class of group g.
-        reals = np.stack([real_norm[g * b:(g + 1) * b, s] for _, g, s in rows])
-        targets = np.stack([np.arange(g * b, (g + 1) * b) for _, g, _ in rows]).astype(np.int32)
-        batch = {"real": mesh_lib.shard(jnp.asarray(reals), mesh),
-                 "targets": mesh_lib.shard(jnp.asarray(targets), mesh),
-                 "unit_ids": mesh_lib.shard(jnp.asarray(rows[:, 0]), mesh)}
+        # (U, B, H, W, C): unit (g, j) sees slot j of every class of group g; each process
+        # stacks only the units its devices hold.
+        def load(held, rows=rows):
+          return {"real": np.stack([real_norm[g * b:(g + 1) * b, s] for _, g, s in rows[held]]),
+                  "targets": np.stack([np.arange(g * b, (g + 1) * b)
+                                       for _, g, _ in rows[held]]).astype(np.int32),
+                  "unit_ids": rows[held, 0]}
+        batch = mesh_lib.shard_rows(len(rows), load, mesh)
         state = infer.init(len(rows), data.image_shape, hp)
         state = state.replace(u=mesh_lib.shard(state.u, mesh))
         state = ctx.loop(f"recover_{teacher.name}_round{r:05d}", state,

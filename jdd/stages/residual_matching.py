@@ -75,7 +75,9 @@ class FadrmRecover:
     saved = probe.latest_step()
     probe.close()
     self._stage = fadrm.stage_at(self.schedule, saved - 1).index if saved else 0
-    patches = mesh_lib.shard(jnp.asarray(self._patches()[group_ids]), self.ctx.mesh)
+    arranged = self._patches()   # each process places only its devices' groups
+    patches = mesh_lib.shard_rows(len(group_ids), lambda held: arranged[group_ids[held]],
+                                  self.ctx.mesh)
     return fadrm.restore_template(patches, self.hp, saved)
 
   def before_step(self, s: int, state):
