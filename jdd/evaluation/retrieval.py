@@ -27,6 +27,7 @@ rates) or random / herding subsets of real pairs, the baselines every table repo
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -353,19 +354,36 @@ def herding_pairs(num_pairs: int, image_features: np.ndarray, text_features: np.
 def evaluate_pairs(model: RetrievalModel, backbone_variables: dict, pairs: PairSet,
                    splits: Mapping[str, EvalSplitData], cfg, seeds: Sequence[int], *,
                    features: bool, on_seed: Callable[[int, dict], None] | None = None,
-                   done: Mapping[int, dict] | None = None, progress_factory=None) -> dict:
-  """`train_and_score` over `seeds` (finished seeds in `done` are reused) and their summary."""
-  results = []
-  for seed in seeds:
+                   done: Mapping[int, dict] | None = None, progress_factory=None,
+                   spread: Callable[[int, Callable[[int], dict]], list] | None = None) -> dict:
+  """`train_and_score` over `seeds` (finished seeds in `done` are reused) and their summary.
+
+  `spread(n, compute)` may compute the seeds elsewhere (`jdd.distributed.spread`: seed i on
+  process i mod N) and must return [compute(0), ..., compute(n - 1)]; `on_seed` then sees each
+  fresh result once all are known (every process alike), instead of as soon as it is known.
+  Every result is as JSON holds it (a fresh one, a resumed one and one received from another
+  process summarise alike)."""
+  from jdd.checkpoint import json_default
+
+  def one(i: int) -> dict:
+    seed = seeds[i]
     if done and seed in done:
-      results.append(done[seed])
-      continue
+      return done[seed]
     progress = progress_factory(seed) if progress_factory else None
     r = train_and_score(model, backbone_variables, pairs, splits, cfg, seed, features=features,
                         progress=progress)
-    if on_seed is not None:
+    r = json.loads(json.dumps(r, default=json_default))
+    if on_seed is not None and spread is None:
       on_seed(seed, r)
-    results.append(r)
+    return r
+
+  if spread is None:
+    results = [one(i) for i in range(len(seeds))]
+  else:
+    results = spread(len(seeds), one)
+    for seed, r in zip(seeds, results):
+      if on_seed is not None and not (done and seed in done):
+        on_seed(seed, r)
   return {"per_seed": [{k: v for k, v in r.items() if k != "points"} for r in results],
           "summary": summarise(results)}
 

@@ -5,8 +5,9 @@ each matching the student unroll to the expert and start epoch that `tm_vl.exper
 for that iteration from the memory-mapped store (`jdd.stages.experts`). At each log point the
 loop adds the synthetic set's diagnostics (`tm_vl.make_diagnostics`) under a fixed reference
 expert; every `distill.eval_every` iterations it scores the current set with the retrieval
-evaluator (kept in `W/distill/eval_itNNNNNN.json`); `W/distill/history.json` is written with
-every checkpoint and trimmed to it on resume, so a resumed run's history equals an uninterrupted
+evaluator (kept in `W/distill/eval_itNNNNNN.json`; with several processes its seeds are dealt
+over them, `jdd.distributed.spread`); `W/distill/history.json` is written with every
+checkpoint and trimmed to it on resume, so a resumed run's history equals an uninterrupted
 one's. The final set goes to `W/export/` through `jdd.export`.
 """
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdd import checkpoint, export, reporting
+from jdd import checkpoint, distributed, export, reporting
 from jdd.data.captions import CLIP_MEAN, CLIP_STD
 from jdd.evaluation import retrieval
 from jdd.data import pipeline
@@ -61,8 +62,10 @@ def _periodic_eval(ctx: RunContext, ev: Evaluator, params: dict, dc, it: int) ->
   if os.path.exists(path):
     return checkpoint.read_json(path)
   seeds = [int(ctx.config.seed) * 1000 + 500 + k for k in range(int(dc.eval_seeds))]
+  spread = ((lambda n, compute: distributed.spread(n, compute, f"distill_eval_{it}"))
+            if distributed.is_multiprocess() else None)   # seed k on process k mod N
   out = retrieval.evaluate_pairs(ev.model, ev.backbone_vars, pair_set(ev, params, dc), ev.splits,
-                                 ctx.config.evaluate, seeds, features=ev.features)
+                                 ctx.config.evaluate, seeds, features=ev.features, spread=spread)
   checkpoint.atomic_write_json(path, out["summary"])
   return out["summary"]
 

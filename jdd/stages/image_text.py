@@ -33,7 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 
 import jdd
-from jdd import checkpoint, models, reporting
+from jdd import checkpoint, distributed, models, reporting
 from jdd.data import pipeline
 from jdd.data.captions import CLIP_MEAN, CLIP_STD, load_caption_dataset
 from jdd.data.shapes_captions import ensure_shapes_captions, shapes_captions_config
@@ -324,9 +324,13 @@ def evaluate_named(ctx: RunContext, ev: Evaluator, name: str, pairs) -> dict:
     if os.path.exists(path):
       done[seed] = checkpoint.read_json(path)
 
-  def save(seed, result):
+  def save(seed, result):   # collective with several processes (process 0 writes)
     checkpoint.atomic_write_json(os.path.join(workdir, "eval",
                                               f"{name}_seed{seeds.index(seed)}.json"), result)
+
+  # Seed k on process k mod N (each keyed by its seed alone), then every process has them all.
+  spread = ((lambda n, compute: distributed.spread(n, compute, f"retrieval_{name}"))
+            if distributed.is_multiprocess() else None)
 
   total = int(ec.epochs) + int(bool(ec.extra_epoch))
   factory = lambda seed: reporting.Progress(f"evaluate:{name}:seed{seeds.index(seed)}", total,
@@ -335,7 +339,7 @@ def evaluate_named(ctx: RunContext, ev: Evaluator, name: str, pairs) -> dict:
           "lr_text": pairs.lr_text,
           **retrieval.evaluate_pairs(ev.model, ev.backbone_vars, pairs, ev.splits, ec, seeds,
                                      features=ev.features, on_seed=save, done=done,
-                                     progress_factory=factory)}
+                                     progress_factory=factory, spread=spread)}
 
 
 def evaluate_draws(ctx: RunContext, ev: Evaluator, name: str, draws: list) -> dict:
