@@ -22,8 +22,8 @@ jdd uses it like this:
   workdir's lock) is published through the coordination service's key-value store.
 * **Spreading** (`spread`): independent pieces of work (evaluation seeds) are dealt round-robin
   over the processes, piece i to process i mod N; each piece depends only on its index, and the
-  results are exchanged through the key-value store, so every process ends with the same list
-  whatever the process count.
+  results are exchanged through the key-value store (`spread_arrays`: arrays, by an
+  all-gather), so every process ends with the same list whatever the process count.
 * **A dead process** (`explain_failure`): a collective with a dead peer fails at once (gloo:
   "connection closed by peer") and a process that sends no heartbeat for
   `HEARTBEAT_SECONDS` is declared dead by the coordination service, which then stops every
@@ -40,6 +40,8 @@ import json
 import os
 import sys
 import threading
+
+import numpy as np
 
 HEARTBEAT_SECONDS = 30   # a process silent this long is declared dead (JAX's default: 100)
 BARRIER_SECONDS = 24 * 3600   # how long the others wait for process 0 to finish writing
@@ -151,6 +153,32 @@ def spread(n: int, compute, name: str) -> list:
     _client().key_value_set(f"{prefix}/{i}", json.dumps(compute(i), default=json_default))
   return [json.loads(_client().blocking_key_value_get(f"{prefix}/{i}", BARRIER_SECONDS * 1000))
           for i in range(n)]
+
+
+def spread_arrays(n: int, compute, shape: tuple[int, ...], dtype) -> np.ndarray:
+  """np.stack([compute(0), ..., compute(n - 1)]) on every process, piece i computed by process
+  i mod N: for pieces too big for the key-value store (arrays of a known `shape` and `dtype`).
+
+  `compute(i)` must depend on i only. The pieces travel by one all-gather over the processes'
+  devices (`process_allgather`: copies, no arithmetic, so every bit arrives as computed)."""
+  count = process_count()
+  if count == 1:
+    return np.stack([_checked(compute(i), shape, dtype, i) for i in range(n)])
+  from jax.experimental import multihost_utils
+  me, per = process_index(), -(-n // count)
+  mine = np.zeros((per, *shape), dtype)
+  for k, i in enumerate(range(me, n, count)):
+    mine[k] = _checked(compute(i), shape, dtype, i)
+  everyone = np.asarray(multihost_utils.process_allgather(mine, tiled=False))
+  return np.stack([everyone[i % count, i // count] for i in range(n)])
+
+
+def _checked(piece, shape, dtype, i: int) -> np.ndarray:
+  piece = np.asarray(piece)
+  if piece.shape != tuple(shape) or piece.dtype != np.dtype(dtype):
+    raise ValueError(f"piece {i} is {piece.dtype} {piece.shape}; spread_arrays was told "
+                     f"{np.dtype(dtype)} {tuple(shape)}")
+  return piece
 
 
 _PEER_FAILURE = ("gloo", "connection closed by peer", "heartbeat", "unavailable",

@@ -119,23 +119,30 @@ def make_relabel_fn(models: Sequence, *, cfg, mean, std, num_splits: int, weight
 def compute_soft_labels(models: Sequence, teachers: Sequence, images_uint8: np.ndarray, *,
                         epochs: int, batch_size: int, order_key, aug_key, cfg, mean, std,
                         num_splits: int = 2, weights=None, train_mode: bool = True,
-                        progress=None) -> np.ndarray:
+                        progress=None, spread=None) -> np.ndarray:
   """BSSL logits for every (epoch, batch) of student training: (E, S, b, C) float16.
 
   Same batch order (`fkd.batch_indices`) and augmentation keys as FKD labels, so evaluation
   consumes them unchanged. Like `fkd.compute_soft_labels`, this is the driver-level loop: it
-  compiles the relabel function once and runs it per batch.
+  compiles the relabel function once and runs it per batch, and `spread` may compute the
+  epochs elsewhere (each depends on the keys and its index alone).
   """
   weights = mixture_weights(len(models)) if weights is None else np.asarray(weights, np.float32)
   relabel = jax.jit(make_relabel_fn(models, cfg=cfg, mean=mean, std=std, num_splits=num_splits,
                                     weights=weights, train_mode=train_mode))
   teachers = tuple(teachers)
   images = jnp.asarray(images_uint8)
-  out = []
-  for e in range(epochs):
+  done = []
+
+  def epoch(e):
     idx = fkd.batch_indices(order_key, e, len(images_uint8), batch_size)
-    out.append(np.stack([np.asarray(relabel(teachers, aug_key, e, k, images[idx[k]]))
-                         for k in range(len(idx))]))
+    out = np.stack([np.asarray(relabel(teachers, aug_key, e, k, images[idx[k]]))
+                    for k in range(len(idx))])
+    done.append(e)
     if progress is not None:
-      progress(e + 1)
-  return np.stack(out)
+      progress(len(done))
+    return out
+
+  if spread is not None:
+    return spread(epochs, epoch)
+  return np.stack([epoch(e) for e in range(epochs)])

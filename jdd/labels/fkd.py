@@ -53,15 +53,25 @@ def make_relabel_fn(teacher_model, *, cfg, mean, std):
 
 
 def compute_soft_labels(teacher_model, teacher_variables, images_uint8: np.ndarray, *, epochs,
-                        batch_size, order_key, aug_key, cfg, mean, std, progress=None):
-  """Teacher logits for every (epoch, batch) of student training: (E, S, b, C) float16."""
+                        batch_size, order_key, aug_key, cfg, mean, std, progress=None,
+                        spread=None):
+  """Teacher logits for every (epoch, batch) of student training: (E, S, b, C) float16.
+
+  Epoch e depends on (keys, e) alone: `spread(epochs, epoch_fn)` may compute the epochs
+  elsewhere and must return their stack (`jdd.distributed.spread_arrays`)."""
   relabel = make_relabel_fn(teacher_model, cfg=cfg, mean=mean, std=std)
   images = jnp.asarray(images_uint8)
-  out = []
-  for e in range(epochs):
+  done = []
+
+  def epoch(e):
     idx = batch_indices(order_key, e, len(images_uint8), batch_size)
-    out.append(np.stack([np.asarray(relabel(teacher_variables, aug_key, e, k, images[idx[k]]))
-                         for k in range(len(idx))]))
+    out = np.stack([np.asarray(relabel(teacher_variables, aug_key, e, k, images[idx[k]]))
+                    for k in range(len(idx))])
+    done.append(e)
     if progress is not None:
-      progress(e + 1)
-  return np.stack(out)
+      progress(len(done))
+    return out
+
+  if spread is not None:
+    return spread(epochs, epoch)
+  return np.stack([epoch(e) for e in range(epochs)])

@@ -11,7 +11,9 @@
 
 With several teachers every mode uses all of them, their logits averaged. A stored file is the
 stage's marker: it exists only when complete (atomic write), so a rerun skips it. A new label
-kind is one more entry in `BUILDERS`.
+kind is one more entry in `BUILDERS`. With several processes the stored modes compute epoch e
+on process e mod N (`jdd.distributed.spread_arrays`; an epoch's labels depend on the relabel
+keys and e alone) and every process receives all of them.
 
 Stored labels cover the epochs and batch size of the set's `Plan`
 (`jdd.evaluation.classification.make_plan`): a random subset smaller than the distilled set it
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdd import checkpoint, reporting
+from jdd import checkpoint, distributed, reporting
 from jdd.data import augment, normalize
 from jdd.labels import bssl as bssl_lib, fkd, infer as infer_labels
 from jdd.labels.source import Ensemble, LabelSource
@@ -73,10 +75,17 @@ def _stored_soft_labels(ctx: RunContext, name: str, images: np.ndarray, out_dir:
     print(f"[relabel:{name}] {what} exist: skipped", flush=True)
     return path, np.load(path)
   epochs, batch = int(plan.epochs), int(plan.batch_size)
-  progress = reporting.Progress(f"relabel:{name}", epochs, every=max(1, epochs // 5))
+  spread = None
+  if distributed.is_multiprocess():
+    # Epoch e on process e mod N (keyed by e alone), then every process has every epoch.
+    shape = (fkd.steps_per_epoch(len(images), batch), batch, int(ctx.data.num_classes))
+    spread = lambda n, epoch_fn: distributed.spread_arrays(n, epoch_fn, shape, np.float16)
+    mine = len(range(distributed.process_index(), epochs, distributed.process_count()))
+  progress = reporting.Progress(f"relabel:{name}", max(1, mine) if spread else epochs,
+                                every=max(1, epochs // 5))
   soft = compute(images, epochs=epochs, batch_size=batch, order_key=ctx.keys["relabel_order"],
                  aug_key=ctx.keys["relabel_aug"], cfg=rc, mean=ctx.data.mean,
-                 std=ctx.data.std, progress=progress)
+                 std=ctx.data.std, progress=progress, spread=spread)
   checkpoint.atomic_save_npy(path, soft)
   return path, soft
 
