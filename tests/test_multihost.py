@@ -249,14 +249,26 @@ for n in (8, 6):   # 8 splits over the 4 devices; 6 does not, so it is replicate
   total = jax.jit(lambda b: b["x"].sum() + b["t"].sum())(batch)
   assert float(total) == 3 * n * (n - 1) / 2 + 10 * n * (n - 1) / 2, float(total)
 print("asked", jax.process_index(), asked, flush=True)
+
+computed = []
+
+def piece(i):   # bits that an all-reduce would not keep: -0.0, NaN
+  computed.append(i)
+  return np.array([[i, -0.0, np.nan]], np.float16)
+
+got = distributed.spread_arrays(5, piece, (1, 3), np.float16)
+want = np.stack([np.array([[i, -0.0, np.nan]], np.float16) for i in range(5)])
+assert got.dtype == np.float16 and got.tobytes() == want.tobytes(), got
+print("computed", jax.process_index(), computed, flush=True)
 distributed.exit_now(0)
 """
 
 
-def test_each_process_loads_only_the_rows_its_devices_hold(tmp_path):
+def test_each_process_loads_only_its_rows_and_computes_only_its_pieces(tmp_path):
   """`jdd.mesh.shard_rows` over 2 processes x 2 devices: each process's `load` is asked for its
   half of a batch that splits over the 4 devices (all of one that does not), and the global
-  batch is the whole one."""
+  batch is the whole one. `jdd.distributed.spread_arrays` deals the pieces round-robin and
+  every process receives them all, bit for bit."""
   script = tmp_path / "rows.py"
   script.write_text(_ROWS_SCRIPT)
   address = f"127.0.0.1:{_free_port()}"
@@ -268,3 +280,6 @@ def test_each_process_loads_only_the_rows_its_devices_hold(tmp_path):
     assert p.returncode == 0, out[-3000:]
   assert "asked 0 [[0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]" in outs[0], outs[0][-2000:]
   assert "asked 1 [[4, 5, 6, 7], [0, 1, 2, 3, 4, 5]]" in outs[1], outs[1][-2000:]
+  # jdd.distributed.spread_arrays: piece i on process i mod 2, every bit gathered to both.
+  assert "computed 0 [0, 2, 4]" in outs[0] and "computed 1 [1, 3]" in outs[1], outs
+
