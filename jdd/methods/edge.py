@@ -323,25 +323,33 @@ def draw_queries(num_captions: int, num_queries: int, seed: int) -> np.ndarray:
 def sample_pairs(unet_vars, frozen, captions: Sequence[str],
                  tokenize: Callable[[Sequence[str]], np.ndarray], num_queries: int, seed: int,
                  *, models: EdgeModels, sampler: SamplerConfig, batch_size: int = 8,
-                 scaling_factor: float = 0.18215) -> tuple[np.ndarray, list[str], np.ndarray]:
+                 scaling_factor: float = 0.18215,
+                 spread: Callable | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
   """(images (N, H, W, 3) float32 in [0, 1], their prompt captions, caption indices).
 
   Each drawn caption is one query and one pair, as in the reference (ipc = 1). Batch k's noise
   is fold_in(key(seed), k); the last batch is padded with repeats so the sampler compiles once.
   `tokenize(list of str) -> (n, 77) int ids` is the SD tokenizer (supplied by the caller).
+  Batch k depends on k alone, so `spread(num_batches, batch_fn)` may sample the batches
+  elsewhere and must return their stack, each (batch_size, H, W, 3) float32
+  (`jdd.distributed.spread_arrays`).
   """
   idx = draw_queries(len(captions), num_queries, seed)
   prompts = [captions[i] for i in idx]
   fn = _jitted_sampler(models, sampler, scaling_factor)
   uncond = jnp.asarray(tokenize([""]))
   base = jax.random.key(seed)
-  out = []
-  for k, start in enumerate(range(0, num_queries, batch_size)):
-    chunk = prompts[start:start + batch_size]
+  starts = list(range(0, num_queries, batch_size))
+
+  def batch(k):
+    chunk = prompts[starts[k]:starts[k] + batch_size]
     padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
     ids = jnp.asarray(tokenize(padded))
-    imgs = fn(unet_vars, frozen, ids, uncond, jax.random.fold_in(base, k))
-    out.append(np.asarray(imgs)[:len(chunk)])
+    return np.asarray(fn(unet_vars, frozen, ids, uncond, jax.random.fold_in(base, k)))
+
+  batches = spread(len(starts), batch) if spread is not None else [batch(k) for k in
+                                                                   range(len(starts))]
+  out = [b[:len(prompts[s:s + batch_size])] for b, s in zip(batches, starts)]
   return np.concatenate(out, axis=0), prompts, idx
 
 

@@ -10,6 +10,9 @@ Two checks go through the same writer and reader (`edge.checks`, issue 15): the 
 ablation samples the same queries with the pretrained U-Net (W/no_finetune), and the oracle
 writes the real images of the same query captions (W/oracle), which must score like a random
 real subset if the export and evaluation path are sound.
+
+With several processes the sampler's batches are dealt over them (batch k, keyed by k alone, on
+process k mod N; `jdd.distributed.spread_arrays`) and every process receives every image.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdd import caption_synthesis, checkpoint, export, reporting
+from jdd import caption_synthesis, checkpoint, distributed, export, reporting
 from jdd.data.captions import (ANNOTATION_STEMS, CLIP_MEAN, CLIP_STD, load_image, pre_caption,
                                read_train_annotations)
 from jdd.evaluation import retrieval
@@ -58,10 +61,14 @@ def sample_and_export(ctx: RunContext, setup: EdgeSetup, unet_vars, texts: dict,
   captions = list(data.train.captions)
   seed = int(ec.sample_seed)
   t = time.time()
+  spread = None
+  if distributed.is_multiprocess():   # batch k on process k mod N, gathered to all
+    shape = (int(ec.sample_batch), sampler.height, sampler.width, 3)
+    spread = lambda n, batch_fn: distributed.spread_arrays(n, batch_fn, shape, np.float32)
   images, prompts, idx = edge.sample_pairs(
       unet_vars, setup.frozen, captions, lambda c: setup.tokenize(c)[0], int(ec.pairs), seed,
       models=setup.models, sampler=sampler, batch_size=int(ec.sample_batch),
-      scaling_factor=setup.scaling_factor)
+      scaling_factor=setup.scaling_factor, spread=spread)
   sample_seconds = time.time() - t
   images_u8 = np.round(images * 255.0).astype(np.uint8)
   k = int(ec.captions_per_image)
