@@ -7,12 +7,19 @@ device count.
 
 With several processes (`jdd.distributed`) the mesh spans every process's devices
 (`jax.devices()` is global) and `shard` builds the global array from the slices this process's
-devices hold (`jax.make_array_from_callback`: each process reads and places only its shard of
-the host array, e.g. of a memory-mapped file). A sharded result is gathered back with `fetch`
-(all processes get the whole array); fully replicated values (losses, metrics) are read as
-usual. The same global program runs whether the devices belong to one process or to several,
-so a run over 2 processes x 1 device matches one process x 2 devices bit for bit (checked for
-the SRe2L and RepBlend smoke configs, tests/test_multihost.py).
+devices hold (`jax.make_array_from_callback`: each process places only its shard of the host
+array); `shard_rows` goes further for batches read from disk: each process loads and augments
+only the rows its devices hold. A sharded result is gathered back with `fetch` (all processes
+get the whole array); fully replicated values (losses, metrics) are read as usual. The same
+global program runs whether the devices belong to one process or to several, so a run over 2
+processes x 1 device matches one process x 2 devices bit for bit (checked for the SRe2L and
+RepBlend smoke configs, tests/test_multihost.py).
+
+Every program of a run is compiled for the mesh: under `jax.set_mesh` (`jdd.run`) even an array
+no stage shards is replicated over all devices. XLA compiles such a replicated program for 2
+partitions through another pass pipeline than for one device (other fusions), so a run over 2
+devices and one over 1 device can differ in the last float bits even where nothing is sharded
+(docs/multihost.md, "Equal results").
 """
 
 from __future__ import annotations
