@@ -283,3 +283,49 @@ def test_each_process_loads_only_its_rows_and_computes_only_its_pieces(tmp_path)
   # jdd.distributed.spread_arrays: piece i on process i mod 2, every bit gathered to both.
   assert "computed 0 [0, 2, 4]" in outs[0] and "computed 1 [1, 3]" in outs[1], outs
 
+
+
+def _one_and_two(config: str, root, extra=(), timeout=1800) -> tuple[str, str, str]:
+  """`config` as 1 process x 2 CPU devices and as 2 processes x 1 device (side by side);
+  returns both workdirs and the launcher's output."""
+  w1, w2 = str(root / "one"), str(root / "two")
+  args = ["--config", os.path.join(ROOT, "configs", config), *extra]
+  one = subprocess.Popen([sys.executable, "-m", "jdd.main", *args, "--workdir", w1], cwd=ROOT,
+                         env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+  two = subprocess.run([sys.executable, "-m", "jdd.launch", "--processes", "2", "--", *args,
+                        "--workdir", w2], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=timeout)
+  out1, _ = one.communicate(timeout=timeout)
+  assert one.returncode == 0, out1[-3000:]
+  assert two.returncode == 0, two.stdout[-3000:]
+  return w1, w2, two.stdout
+
+
+@pytest.mark.slow
+def test_pixel_experts_two_processes_store_what_one_process_stores(tmp_path):
+  """Pixel experts (trained backbone, streamed batches sharded over the devices): each process
+  reads only its half of every batch (`jdd.mesh.shard_rows`), and the expert store and the
+  retrieval results (seeds dealt over the processes) equal one process's bit for bit."""
+  w1, w2, out = _one_and_two("experts_shapes.py:smoke,trained_backbone=True", tmp_path)
+  for m in ("image", "text"):
+    np.testing.assert_array_equal(np.load(os.path.join(w1, "experts", f"{m}.npy")),
+                                  np.load(os.path.join(w2, "experts", f"{m}.npy")), err_msg=m)
+  assert _numbers(w1) == _numbers(w2)
+  assert "[p1] [evaluate:" in out
+
+
+@pytest.mark.slow
+def test_edge_two_processes_export_what_one_process_exports(tmp_path):
+  """EDGE's smoke run: the sampler's batches are dealt over the processes; every exported
+  image and the caption JSON equal one process's bytes, and so do the results."""
+  w1, w2, _ = _one_and_two("edge_shapes.py:smoke", tmp_path)
+  def files(w):
+    root = os.path.join(w, "export")
+    return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(root) for n in names if n != "manifest.json"}
+  a, b = files(w1), files(w2)
+  assert sorted(a) == sorted(b) and any(k.startswith("images/") for k in a)
+  for k in a:
+    assert a[k] == b[k], k
+  assert _numbers(w1) == _numbers(w2)
