@@ -131,7 +131,8 @@ def cmd_reproduce(args) -> int:
   if args.list or not args.cell:
     print(reproduce.list_text())
     return 0
-  return reproduce.run_cell(args.cell, workdir=args.workdir, dry_run=args.dry_run)
+  return reproduce.run_cell(args.cell, workdir=args.workdir, dry_run=args.dry_run,
+                           overrides=tuple(args.override))
 
 
 def main(argv=None) -> int:
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
   rp.add_argument("--list", action="store_true", help="list every paper cell")
   rp.add_argument("--workdir", help="default runs/reproduce_<cell>")
   rp.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+  rp.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                  help="a config field of the cell's run, e.g. dataset.data_dir=/data/tfds")
   rp.add_argument("--debug", action="store_true")
   args = parser.parse_args(argv)
   if args.command == "export" and not (args.workdir or args.export):
