@@ -246,11 +246,16 @@ def test_portable_round_trip_image_text(tmp_path):
   assert s.similarity.shape == (6, 6) and s.lr_image == pytest.approx(0.05)
 
 
-def test_portable_refuses_a_changed_file(tmp_path):
+def test_portable_refuses_a_changed_file(tmp_path, capsys):
+  from jdd import cli
   from jdd.errors import ConfigError
   from jdd.judge import portable
-  src, _, _ = classification_export(str(tmp_path / "W"), with_soft=False)
-  portable.write(src, str(tmp_path / "P"))
+  classification_export(str(tmp_path / "W"), with_soft=False)
+  assert cli.main(["export", "--workdir", str(tmp_path / "W"), "--out", str(tmp_path / "P")]) == 0
+  assert "[jdd export]" in capsys.readouterr().out
+  with pytest.raises(SystemExit) as e:   # never over an existing folder
+    cli.main(["export", "--workdir", str(tmp_path / "W"), "--out", str(tmp_path / "P")])
+  assert e.value.code == 2 and "exists; choose a new folder" in capsys.readouterr().err
   with open(tmp_path / "P" / "labels.txt", "a") as f:
     f.write("3\n")
   with pytest.raises(ConfigError, match="labels.txt: differs from the manifest"):
