@@ -1,7 +1,7 @@
 """The fixed retrieval recipe of `jdd eval` for image-text sets, whatever method made them.
 
     jdd eval --set runs/lors_shapes/export --dataset shapes_captions
-    jdd eval --set distilled_2000.pt --dataset flickr30k --config configs/eval_retrieval.py:dataset=flickr30k
+    jdd eval --set distilled_2000.pt --dataset flickr30k
 
 One recipe, so that sets of MTT-VL, LoRS, RepBlend and EDGE (or any caption set) are scored
 alike (jdd.judge.image_text): LoRS's / RepBlend's evaluator (`evaluate.protocol='lors'`: SGD
