@@ -37,6 +37,8 @@ from jdd.judge.sets import ClassSet
 from jdd.loop import RunContext
 from jdd.stages import evaluate as evaluate_stage, relabel, teachers
 
+EVAL_POINTS = 5   # validation points of a student when `--epochs` sets its length
+
 
 def prepare_config(config, s: ClassSet, *, epochs=None, seeds=None, draws=None, teacher=None):
   """The base config with the set's budget (`recover.ipc`), the label source and the command
@@ -46,9 +48,9 @@ def prepare_config(config, s: ClassSet, *, epochs=None, seeds=None, draws=None, 
   config = config.copy_and_resolve_references()
   config.unlock()
   config.recover.ipc = s.ipc
-  if epochs is not None:
-    config.evaluate.epochs = int(epochs)
-    config.evaluate.eval_every = max(1, int(epochs) // 10)
+  if epochs is not None:   # 5 validation points: scoring the validation split dominates the
+    config.evaluate.epochs = int(epochs)   # cost of short students (10 would nearly double it)
+    config.evaluate.eval_every = max(1, int(epochs) // EVAL_POINTS)
   if seeds is not None:
     config.evaluate.seeds = int(seeds)
   if draws is not None:
