@@ -83,6 +83,8 @@ def cmd_eval(args) -> int:
   from jdd.errors import ConfigError
   from jdd.judge import classification, image_text, sets
   fmt = args.format or sets.detect(args.set)
+  if args.dataset is None and args.config is None and fmt in ("jdd_export", "portable"):
+    args.dataset = sets.dataset_of(args.set, fmt)   # a jdd export says which
   if args.config is None:
     if args.dataset not in BASE_CONFIGS:
       raise ConfigError(f"--dataset {args.dataset!r}: one of {sorted(BASE_CONFIGS)}, or give "

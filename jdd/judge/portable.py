@@ -181,7 +181,9 @@ def _write_pairs(src, tmp, fmt, manifest, workdir) -> None:
              read={"arrays/images.npy": "float32 (N, H, W, 3), CLIP-normalised: what was learned",
                    "images/%06d.png": "the same, de-normalised, clipped and rounded",
                    "arrays/texts.npy": "float32 (N, D) text-encoder embeddings",
-                   "arrays/similarity.npy": "(N, N) learned similarity S (absent: identity)",
+                   "arrays/similarity.npy": "(N, N) learned similarity S from its factors "
+                                            "(similarity_matrix.npy when S is learned whole; "
+                                            "neither: identity)",
                    "learned.json": "learned student learning rates per modality"})
 
 
@@ -211,13 +213,12 @@ def read(path: str):
     src = json.load(open(os.path.join(path, "jdd_manifest.json")))
     return sets.ClassSet(images.astype(np.uint8), labels, "portable", path,
                          label_file=soft if os.path.exists(soft) else None,
-                         config=src.get("config"))
+                         config=src.get("config"), budget_ipc=src.get("ipc"))
   if fmt["kind"] == "image_text":
     learned = json.load(open(os.path.join(path, "learned.json")))
-    sim = os.path.join(path, "arrays", "similarity.npy")
     return sets.PairSet(np.load(os.path.join(path, "arrays", "images.npy")), "portable", path,
                         texts=np.load(os.path.join(path, "arrays", "texts.npy")),
-                        similarity=np.load(sim) if os.path.exists(sim) else None,
+                        similarity=sets.similarity(os.path.join(path, "arrays")),
                         lr_image=learned.get("lr_image"), lr_text=learned.get("lr_text"))
   images = np.stack([read_png(os.path.join(path, "images", f"{i:06d}.png")) for i in range(n)])
   captions = open(os.path.join(path, "captions.txt")).read().splitlines()

@@ -54,9 +54,15 @@ class ClassSet:
   label_file: str | None = None      # stored soft labels that came with the set (jdd export)
   config: dict | None = None         # the config that made the set, when it says
   notes: list = dataclasses.field(default_factory=list)
+  budget_ipc: int | None = None      # images per class the set's budget pays for, when it says
+                                     # (INFER: 10 real images + compensators -> 35 instances)
 
   @property
   def ipc(self) -> int:
+    """The random subsets' images per class: the set's budget when it states one, else its
+    images per class (which must then be equal)."""
+    if self.budget_ipc:
+      return int(self.budget_ipc)
     counts = np.bincount(self.labels)
     if len(set(counts[counts > 0].tolist())) != 1:
       raise ConfigError(f"{self.path}: classes hold {counts.tolist()} images; the random-subset "
@@ -106,6 +112,13 @@ def detect(path: str) -> str:
   raise ConfigError(f"--set {path}: no known layout (manifest.json, format.json, new<c>/ "
                     "folders, a captions .json, or one sub-folder per class); name it with "
                     f"--format, one of {list(FORMATS)}")
+
+
+def dataset_of(path: str, fmt: str) -> str | None:
+  """The dataset a jdd export (or portable folder) names, if it does."""
+  name = "jdd_manifest.json" if fmt == "portable" else "manifest.json"
+  manifest = json.load(open(os.path.join(path, name)))
+  return manifest.get("dataset") or (manifest.get("config") or {}).get("dataset", {}).get("name")
 
 
 def read(path: str, fmt: str | None = None, *, image_shape=None, class_names=()):
@@ -189,10 +202,9 @@ def read_jdd_export(path: str):
   manifest = json.load(open(os.path.join(path, "manifest.json")))
   if os.path.exists(os.path.join(path, "texts.npy")):
     lrs = json.load(open(os.path.join(path, "lrs.json")))
-    sim = os.path.join(path, "similarity.npy")
     return PairSet(np.load(os.path.join(path, "images.npy")), "jdd_export", path,
                    texts=np.load(os.path.join(path, "texts.npy")),
-                   similarity=np.load(sim) if os.path.exists(sim) else None,
+                   similarity=similarity(path),
                    lr_image=lrs.get("lr_image"), lr_text=lrs.get("lr_text"),
                    extra={"method": manifest.get("method")})
   if os.path.isdir(os.path.join(path, "annotations")):
@@ -203,7 +215,16 @@ def read_jdd_export(path: str):
   return ClassSet(np.load(os.path.join(path, "images.npy")),
                   np.load(os.path.join(path, "labels.npy")).astype(np.int32), "jdd_export", path,
                   label_file=label_file if os.path.exists(label_file) else None,
-                  config=manifest.get("config"))
+                  config=manifest.get("config"), budget_ipc=manifest.get("ipc"))
+
+
+def similarity(folder: str) -> np.ndarray | None:
+  """S of an image-text export: similarity.npy (from low-rank factors), or the learned full
+  matrix (similarity_matrix.npy); None (identity) when the method learns none."""
+  for name in ("similarity.npy", "similarity_matrix.npy"):
+    if os.path.exists(os.path.join(folder, name)):
+      return np.load(os.path.join(folder, name))
+  return None
 
 
 # ------------------------------------------------------------------------------ image-text
