@@ -23,9 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jdd.__file__)))
 # The base config `jdd eval` takes the dataset, teacher, student and protocol from.
 BASE_CONFIGS = {
     "fashion_mnist": "configs/sre2l_fashion_mnist.py",
+    "cifar10": "configs/infer_cifar10.py",   # SRe2L has no CIFAR-10 config; INFER's student
     "cifar100": "configs/sre2l_cifar100.py",
     "tiny_imagenet": "configs/sre2l_tiny.py",
-    "imagenet": "configs/sre2l_imagenet.py",
+    "imagenet1k": "configs/sre2l_imagenet.py",
     "shapes_captions": "configs/eval_retrieval.py",
     "flickr30k": "configs/eval_retrieval.py:dataset=flickr30k",
     "coco": "configs/eval_retrieval.py:dataset=coco",
