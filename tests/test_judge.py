@@ -102,7 +102,7 @@ def classification_export(workdir, with_soft=True):
   return os.path.join(workdir, "export"), images, labels
 
 
-def pairs_export(workdir, n=6, size=8, dim=16):
+def pairs_export(workdir, n=6, size=8, dim=16, texts=None):
   """W/export written by the trajectory-matching export (LoRS, low-rank S, learned lrs)."""
   from jdd.config import load_config
   from jdd.methods import lors
@@ -110,7 +110,8 @@ def pairs_export(workdir, n=6, size=8, dim=16):
   config = load_config(os.path.join(ROOT, "configs/lors_shapes.py:smoke"))
   rng = np.random.default_rng(2)
   params = {"images": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-            "texts": rng.normal(size=(n, dim)).astype(np.float32),
+            "texts": (rng.normal(size=(n, dim)).astype(np.float32) if texts is None
+                      else np.asarray(texts, np.float32)),
             "sim": {"diag": np.ones(n, np.float32),
                     "left": rng.normal(size=(n, 2)).astype(np.float32),
                     "right": rng.normal(size=(n, 2)).astype(np.float32)},
@@ -244,6 +245,32 @@ def test_portable_round_trip_image_text(tmp_path):
   np.testing.assert_array_equal(s.images, params["images"])
   np.testing.assert_array_equal(s.texts, params["texts"])
   assert s.similarity.shape == (6, 6) and s.lr_image == pytest.approx(0.05)
+
+
+def test_portable_nearest_captions_of_synthetic_texts(tmp_path):
+  """An embedding-space set exported with its run's workdir names, for each synthetic text,
+  the nearest real training captions by cosine (the run's caption embeddings)."""
+  from jdd import checkpoint
+  from jdd.config import load_config
+  from jdd.judge import portable
+  from jdd.stages import image_text
+  config = load_config(os.path.join(ROOT, "configs/eval_retrieval.py:smoke"))
+  config.unlock()
+  config.dataset.root = str(tmp_path / "data")
+  captions = list(image_text.load_data(config).train.captions)
+  work = tmp_path / "W"
+  checkpoint.atomic_write_json(str(work / "config.json"), json.loads(config.to_json_best_effort()))
+  real = np.random.default_rng(3).normal(size=(len(captions), 16)).astype(np.float32)
+  (work / "text_cache").mkdir()
+  np.save(work / "text_cache" / "shapes_captions_train-minilm-0.npy", real)
+  picks = [5, 17, 2, 40, 33, 8]
+  # the synthetic texts sit next to real captions `picks` (scaled: cosine ignores the norm)
+  noise = np.random.default_rng(4).normal(size=(6, 16)).astype(np.float32)
+  src, _ = pairs_export(str(tmp_path / "V"), texts=3.0 * real[picks] + 0.01 * noise)
+  portable.write(src, str(tmp_path / "P"), workdir=str(work))
+  near = json.load(open(tmp_path / "P" / "nearest_captions.json"))["nearest"]
+  assert [n[0]["caption"] for n in near] == [captions[i] for i in picks]
+  assert all(len(n) == 3 and n[0]["cosine"] > 0.99 >= n[1]["cosine"] for n in near)
 
 
 def test_portable_refuses_a_changed_file(tmp_path, capsys):
