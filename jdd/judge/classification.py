@@ -48,8 +48,8 @@ def prepare_config(config, s: ClassSet, *, epochs=None, seeds=None, draws=None, 
   config = config.copy_and_resolve_references()
   config.unlock()
   config.recover.ipc = s.ipc
-  if epochs is not None:   # 5 validation points: scoring the validation split dominates the
-    config.evaluate.epochs = int(epochs)   # cost of short students (10 would nearly double it)
+  if epochs is not None:   # 5 validation points (docs/evaluation.md: fewer validation passes)
+    config.evaluate.epochs = int(epochs)
     config.evaluate.eval_every = max(1, int(epochs) // EVAL_POINTS)
   if seeds is not None:
     config.evaluate.seeds = int(seeds)
