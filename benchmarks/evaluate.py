@@ -8,11 +8,14 @@ batch) (random logits here: their values do not change the cost), RandomCrop(pad
 Mixup 0.8 re-derived per batch, KL at T = 30, AdamW with cosine. Prints images per second
 (wall and per CPU second) for
 
-  jdd        `jdd.evaluation.classification.Trainer`'s compiled stretch: `--steps` steps in one
-             `lax.scan` program, batches gathered on the device;
-  jdd/step   the same step jitted alone and called once per batch from Python (the loop before
-             issue 15), to show what compiling the stretch buys;
-  jdd/vmap3  three seeds side by side under `vmap` (one program, three students), per image;
+  jdd        `jdd.evaluation.classification.Trainer.run_steps` as the evaluation runs it on
+             this backend (`evaluate.steps_program` 'auto': one jitted call per step on the
+             CPU, one `lax.scan` program per stretch elsewhere), batches gathered on the device;
+  jdd/scan   the `lax.scan` program, when 'auto' does not already choose it (on the CPU: to
+             show why it does not: XLA:CPU runs convolution gradients inside a while loop
+             30-100x slower);
+  jdd/step   one call per step, when 'auto' does not already choose it;
+  jdd/vmap3  three seeds side by side under `vmap`, one call per step, per image;
   torch      the same student, augmentation, loss and optimiser written in plain PyTorch
              (a per-step Python loop, as the references' validate scripts are),
 
@@ -83,40 +86,39 @@ def bench_jdd(data, images, steps, repeats):
   state0 = training.init_state(variables, trainer.optimizer)
   host = trainer._host_batches(trainer.source, jax.random.key(1), 0, steps, N)
   x = jnp.asarray(images)
+  out = {}
+  for name, scan in (("jdd", trainer.scan), ("jdd/scan", True), ("jdd/step", False)):
+    if name != "jdd" and scan == trainer.scan:
+      continue                       # the same path as the "jdd" row
 
-  def stretch(state=state0):
-    out, _ = trainer.stretch(state, x, *host, None, jax.random.key(2))
-    jax.block_until_ready(out)
+    def run(scan=scan):
+      trainer.scan = scan
+      state, loss = trainer.run_steps(state0, x, *host, None, jax.random.key(2))
+      jax.block_until_ready((state, loss))
 
-  stretch()
-  scanned = _timed(stretch, repeats)
-
-  step = jax.jit(trainer.step)
-  idx, epochs, ks, gs, fields = host
-
-  def per_step():
-    state = state0
-    for i in range(steps):
-      batch = {"images": x[idx[i]], "idx": idx[i], "epoch": epochs[i], "k": ks[i],
-               "teacher_logits": jnp.asarray(fields["teacher_logits"][i])}
-      state, _ = step(state, batch, jax.random.fold_in(jax.random.key(2), int(gs[i])), None)
-    jax.block_until_ready(state)
-
-  per_step()
-  looped = _timed(per_step, repeats)
+    run()
+    out[name] = _timed(run, repeats)
+  trainer.scan = evaluation.use_scan(trainer.ecfg)
 
   seeds = jax.vmap(lambda k: training.init_state(
       models.init_variables(trainer.model, k, data.image_shape), trainer.optimizer))(
           jax.random.split(jax.random.key(0), 3))
-  stretch_fn = functools.partial(evaluation._run_stretch, step=trainer.step)
-  run3 = jax.jit(jax.vmap(lambda s, k: stretch_fn(s, x, *host, None, k)[0]))
+  one3 = jax.jit(jax.vmap(functools.partial(evaluation._one_step, step=trainer.step),
+                          in_axes=(0, None, None, None, None, None, None, None, 0)))
+  keys = jax.random.split(jax.random.key(2), 3)
+  idx, epochs, ks, gs, fields = host
 
   def three():
-    jax.block_until_ready(run3(seeds, jax.random.split(jax.random.key(2), 3)))
+    s = seeds
+    for j in range(steps):
+      s, _ = one3(s, x, idx[j], epochs[j], ks[j], gs[j], {n: v[j] for n, v in fields.items()},
+                  None, keys)
+    jax.block_until_ready(s)
 
   three()
   v = _timed(three, repeats)
-  return {"jdd": scanned, "jdd/step": looped, "jdd/vmap3": (v[0] / 3, v[1] / 3)}
+  out["jdd/vmap3"] = (v[0] / 3, v[1] / 3)
+  return out
 
 
 def bench_torch(images, steps, repeats):
@@ -178,7 +180,7 @@ def main(argv=None):
   print(f"student training, ConvNet-3 w32, Fashion-MNIST IPC 10, batch {BATCH}, FKD labels, "
         f"{args.steps} steps, best of {args.repeats}; jax {jax.__version__}, "
         f"{jax.devices()[0].platform}")
-  for name in ("jdd", "jdd/step", "jdd/vmap3", "torch"):
+  for name in ("jdd", "jdd/scan", "jdd/step", "jdd/vmap3", "torch"):
     if name in out:
       wall, cpu = out[name]
       print(f"{name:10s} {imgs / wall:9.0f} images/s  {imgs / max(cpu, 1e-9):9.0f} images per "

@@ -63,13 +63,13 @@ def jdd_recover(sh: dict):
     if sh["method"] == "sre2l":
       state = sre2l.init(jax.random.key(1), ids, b, (full, full, 3), hp)
       batch = {"targets": targets, "group_ids": ids}
-      fn = jax.jit(functools.partial(sre2l.step, model=mods[0], hp=hp))
+      fn = jax.jit(functools.partial(sre2l.step, model=mods[0], hp=hp), donate_argnums=0)
     else:
       hp = infer.InferHParams(**dataclasses.asdict(hp), clip_in_loss=False)
       state = infer.init(1, (full, full, 3), hp)
       real = jax.random.normal(jax.random.key(2), (1, b, full, full, 3))
       batch = {"real": real, "targets": targets, "unit_ids": ids}
-      fn = jax.jit(functools.partial(infer.step, model=mods[0], hp=hp))
+      fn = jax.jit(functools.partial(infer.step, model=mods[0], hp=hp), donate_argnums=0)
     compiled, compile_s, xla = _compile(fn, state, batch, key, teachers[0])
     holder = [state]
 
@@ -80,13 +80,15 @@ def jdd_recover(sh: dict):
   # FADRM / FADRM+: the stages' resolutions, each with its own compiled step.
   hp = fadrm.FadrmHParams(resolutions=sh["res"], budgets=(sh["iterations"] // len(sh["res"]),)
                           * len(sh["res"]), lr=0.25, alpha=0.5, **common)
-  fn = jax.jit(functools.partial(fadrm.step, models=tuple(mods), hp=hp))
+  # Donated state, as jdd.stages.residual_matching jits it; each stage's state gets its own
+  # copy of the patches, since a donated state consumes them.
+  fn = jax.jit(functools.partial(fadrm.step, models=tuple(mods), hp=hp), donate_argnums=0)
   patches = jax.random.uniform(jax.random.key(9), (1, b, full, full, 3), minval=-1, maxval=1)
   batch = {"targets": targets, "group_ids": ids}
   cycle, compile_s, xla, programs = [], 0.0, 0.0, {}
   for index, stage in enumerate(fadrm.stage_schedule(hp.resolutions, hp.budgets)):
-    state = fadrm.enter_stage(fadrm.init(patches, hp), hp, stage) if index else fadrm.init(
-        patches, hp)
+    state = fadrm.init(jnp.copy(patches), hp)
+    state = fadrm.enter_stage(state, hp, stage) if index else state
     if stage.resolution not in programs:      # as jit's cache: one program per resolution
       compiled, seconds, mib = _compile(fn, state, batch, key, teachers)
       programs[stage.resolution] = compiled

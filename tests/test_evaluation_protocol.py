@@ -77,8 +77,9 @@ def test_distilled_set_and_random_subset_of_other_sizes_take_the_same_steps():
   assert evaluation.make_plan(ec, 35, 3).total_steps == 21
 
 
-def test_stretch_program_equals_step_by_step_training():
-  """The scanned stretch is the per-step loop: the same parameters after the same steps.
+def test_scanned_stretch_equals_one_call_per_step():
+  """The two paths of `Trainer.run_steps` (a `lax.scan` program, used on accelerators, and one
+  jitted call per step, used on the CPU) train the same parameters from the same steps.
   Plain SGD: the conv bias before BN has a true gradient of 0 (rounding noise), which Adam
   would scale up to full steps whose sign differs between two programs."""
   ec, data = _ecfg(epochs=2, eval_every=2, optimizer="sgd", lr=0.1, momentum=0.0), _data()
@@ -87,16 +88,23 @@ def test_stretch_program_equals_step_by_step_training():
   trainer = evaluation.Trainer(source=_hard(labels, AUG), data=data, ecfg=ec, plan=plan)
   variables = models.init_variables(trainer.model, jax.random.key(4), data.image_shape)
   state = training.init_state(variables, trainer.optimizer)
-  idx, e, k, g, host = trainer._host_batches(trainer.source, jax.random.key(1), 0, 4, 10)
-  scanned, _ = trainer.stretch(state, jnp.asarray(images), idx, e, k, g, host, None,
-                               jax.random.key(9))
-  step = jax.jit(trainer.step)
-  for i in range(4):
-    batch = {"images": jnp.asarray(images)[idx[i]], "idx": idx[i], "epoch": e[i], "k": k[i],
-             "labels": host["labels"][i]}
-    state, _ = step(state, batch, jax.random.fold_in(jax.random.key(9), int(g[i])), None)
+  batches = trainer._host_batches(trainer.source, jax.random.key(1), 0, 4, 10)
+  trainer.scan = True
+  scanned, scanned_loss = trainer.run_steps(state, jnp.asarray(images), *batches, None,
+                                            jax.random.key(9))
+  trainer.scan = False
+  stepped, stepped_loss = trainer.run_steps(state, jnp.asarray(images), *batches, None,
+                                            jax.random.key(9))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-               scanned.params, state.params)
+               scanned.params, stepped.params)
+  np.testing.assert_allclose(scanned_loss, stepped_loss, rtol=1e-5)
+  # The choice: the config's when given, else scan everywhere but on the CPU.
+  assert evaluation.use_scan(ec) is (jax.default_backend() != "cpu")
+  ec.steps_program = "scan"
+  assert evaluation.use_scan(ec) is True
+  ec.steps_program = "loop"
+  with pytest.raises(ValueError, match="steps_program"):
+    evaluation.use_scan(ec)
 
 
 def test_hard_labels_are_mixed_one_hot_and_train_as_cross_entropy():

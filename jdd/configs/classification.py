@@ -91,14 +91,16 @@ def evaluate_config(**fields) -> ml_collections.ConfigDict:
   evaluation seeds; `baseline` random subsets, `subset_draws` of them (0: one per seed);
   `full_data` trains the full-data student (the ceiling); `test_every_eval` scores the test
   split at every evaluation point (curves) instead of only where it is reported;
-  `distill_seeds` N > 1 repeats the distillation with N seeds and reports their spread."""
+  `distill_seeds` N > 1 repeats the distillation with N seeds and reports their spread;
+  `steps_program` 'scan' (one program per stretch), 'per_step' (one call per step) or 'auto'
+  (scan except on the CPU backend: `jdd.evaluation.classification.use_scan`)."""
   e = ml_collections.ConfigDict(dict(
       student=ml_collections.ConfigDict(
           {"arch": "resnet18", "kwargs": ml_collections.ConfigDict({"stem": "cifar"})}),
       epochs=400, batch_size=128, optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.01,
       warmup_epochs=0, lr_per_epoch=True, temperature=30.0, t_squared=False, eval_every=20,
       seeds=3, baseline=True, subset_draws=0, label_modes=("soft", "hard", "soft_noaug"),
-      full_data=False, test_every_eval=False, distill_seeds=1))
+      full_data=False, test_every_eval=False, distill_seeds=1, steps_program="auto"))
   e.update(fields)
   return e
 

@@ -26,9 +26,15 @@ scored only where it is reported (the selected and the final point) unless
 `evaluate.test_every_eval` asks for the whole test curve (the runs that chose the offline
 configs' student length did). Several evaluation seeds give mean and spread.
 
-Speed. The steps between two evaluation points run as one compiled program (`lax.scan` over
-the stretch's batches: the set stays on the device and each step gathers its batch there), built
-once per `Trainer` and reused for every seed. Seeds are not batched with `vmap`: on CPU a
+Speed. The set stays on the device and each step gathers its batch there. On accelerators the
+steps between two evaluation points run as one compiled program (`lax.scan` over the stretch's
+batches), built once per `Trainer` and reused for every seed. On the CPU backend each step is
+its own jitted call instead (`evaluate.steps_program`, default 'auto': scan but on the CPU):
+XLA:CPU runs the convolution gradients inside a while loop 30-100x slower than the same program
+outside one (measured on jax 0.10.2 with the ConvNet-3 step: 0.06 CPU s per step alone, 0.8
+inside a scan; a bare conv's weight gradient 0.9 ms alone, 0.2 s per iteration of a scan:
+`benchmarks/evaluate.py` shows both), which outweighs the dispatch a scan saves (about 1 ms per
+step). Both paths compute the same steps (tested). Seeds are not batched with `vmap`: on CPU a
 ConvNet-3 step costs more per image at batch 150 than at 50 (benchmarks/evaluate.py), so
 three seeds side by side are slower than one after another.
 
@@ -151,6 +157,21 @@ def _run_stretch(state, images, idx, epochs, ks, steps, host, operands, seed_key
   return jax.lax.scan(body, state, (idx, epochs, ks, steps, host))
 
 
+def _one_step(state, images, i, e, k, g, h, operands, seed_key, *, step):
+  """One step of `_run_stretch`'s body as its own program (the CPU path)."""
+  batch = {"images": images[i], "idx": i, "epoch": e, "k": k, **h}
+  state, metrics = step(state, batch, jax.random.fold_in(seed_key, g), operands)
+  return state, metrics["kd_loss"]
+
+
+def use_scan(ecfg) -> bool:
+  """`evaluate.steps_program`: 'scan', 'per_step', or 'auto' (scan except on the CPU)."""
+  choice = ecfg.get("steps_program", "auto")
+  if choice not in ("auto", "scan", "per_step"):
+    raise ValueError(f"evaluate.steps_program={choice!r}: use 'auto', 'scan' or 'per_step'")
+  return jax.default_backend() != "cpu" if choice == "auto" else choice == "scan"
+
+
 class Trainer:
   """Builds a student's model, optimiser and compiled programs once; `train` runs one seed.
 
@@ -176,6 +197,8 @@ class Trainer:
         temperature=1.0 if probs else float(ecfg.temperature),
         t_squared=False if probs else bool(ecfg.t_squared), kd_step=kd)
     self.stretch = jax.jit(functools.partial(_run_stretch, step=self.step))
+    self.one_step = jax.jit(functools.partial(_one_step, step=self.step))
+    self.scan = use_scan(ecfg)
     self.predict = training.predict_fn(self.model)
 
   def _score(self, variables, split: str) -> float:
@@ -191,8 +214,21 @@ class Trainer:
               for e in np.unique(epochs)}
     idx = np.stack([orders[int(e)][int(k)] for e, k in zip(epochs, ks)]).astype(np.int32)
     host = {} if source.host_fields is None else {
-        name: jnp.asarray(v) for name, v in source.host_fields(epochs, ks, idx).items()}
+        name: np.asarray(v) for name, v in source.host_fields(epochs, ks, idx).items()}
     return idx, epochs.astype(np.int32), ks.astype(np.int32), steps.astype(np.int32), host
+
+  def run_steps(self, state, images, idx, epochs, ks, steps, host, operands, seed_key):
+    """The steps of one stretch, scanned or one call each (`use_scan`); (state, last loss)."""
+    if self.scan:
+      state, losses = self.stretch(state, images, idx, epochs, ks, steps,
+                                   {n: jnp.asarray(v) for n, v in host.items()}, operands,
+                                   seed_key)
+      return state, losses[-1]
+    loss = None
+    for j in range(len(idx)):
+      state, loss = self.one_step(state, images, idx[j], epochs[j], ks[j], steps[j],
+                                  {n: v[j] for n, v in host.items()}, operands, seed_key)
+    return state, loss
 
   def train(self, images_uint8: np.ndarray, *, order_key, seed: int, source=None,
             progress=None, test_every_eval: bool = False) -> dict:
@@ -212,9 +248,9 @@ class Trainer:
     curve, best, start = [], None, 0
     for stop in p.eval_steps:
       idx, epochs, ks, steps, host = self._host_batches(source, order_key, start, stop, n)
-      state, losses = self.stretch(state, images, idx, epochs, ks, steps, host,
+      state, loss = self.run_steps(state, images, idx, epochs, ks, steps, host,
                                    source.operands, seed_key)
-      loss = float(losses[-1])
+      loss = float(loss)
       if not np.isfinite(loss):
         raise FloatingPointError(f"[evaluate] student seed {seed}: non-finite loss at step "
                                  f"{stop}; lower evaluate.lr")

@@ -95,6 +95,14 @@ def _sgd(theta: dict, grads: dict, lrs: dict) -> dict:
           for m in MODALITIES}
 
 
+def _scan_unroll():
+  """`lax.scan`'s `unroll` for the student steps: the whole loop on the CPU backend, where
+  XLA:CPU runs convolution gradients inside a while loop 30-100x slower than outside one
+  (`jdd.evaluation.classification`'s module docstring has the measurement); syn_steps is small
+  (8 in the papers' configs), so the unrolled program stays small. A loop elsewhere."""
+  return True if jax.default_backend() == "cpu" else 1
+
+
 def unroll(loss_fn: StudentLoss, theta0: dict, data, lrs: dict, idx: jax.Array,
            keys: jax.Array, *, remat: bool = False):
   """theta_N after `len(idx)` differentiable SGD steps, and the per-step inner losses."""
@@ -105,7 +113,7 @@ def unroll(loss_fn: StudentLoss, theta0: dict, data, lrs: dict, idx: jax.Array,
 
   if remat:
     body = jax.checkpoint(body)
-  return jax.lax.scan(body, theta0, (idx, keys))
+  return jax.lax.scan(body, theta0, (idx, keys), unroll=_scan_unroll())
 
 
 def exact_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data, lrs: dict,
@@ -139,7 +147,7 @@ def tesla_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data,
     return (_sgd(theta, g, lrs_c), jax.tree.map(jnp.add, gsum, g)), value
 
   zeros = jax.tree.map(jnp.zeros_like, theta0)
-  (_, gsum), inner = jax.lax.scan(pass1, (theta0, zeros), (idx, keys))
+  (_, gsum), inner = jax.lax.scan(pass1, (theta0, zeros), (idx, keys), unroll=_scan_unroll())
   # theta_N = theta_0 - eta G, exactly the reference's expression for the distance.
   theta_n = {m: jax.tree.map(lambda p, g, lr=lrs_c[m]: p - lr * g, theta0[m], gsum[m])
              for m in MODALITIES}
@@ -160,7 +168,7 @@ def tesla_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data,
     return (_sgd(theta, g, lrs_c), jax.tree.map(jnp.add, acc, gd)), None
 
   (_, g_data), _ = jax.lax.scan(pass2, (theta0, jax.tree.map(jnp.zeros_like, data_c)),
-                                (idx, keys))
+                                (idx, keys), unroll=_scan_unroll())
   g_lrs = {m: -2.0 * sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gsum[m]),
                                                          jax.tree.leaves(delta[m]))) / den[m]
            for m in MODALITIES}

@@ -86,7 +86,8 @@ def recover_stage(ctx: RunContext) -> DistilledSet:
   for m, teacher in enumerate(teachers):
     units = _units(budget, m)
     tvars = mesh_lib.replicate(teacher.variables, mesh)
-    step_fn = jax.jit(functools.partial(infer.step, model=teacher.model, hp=hp))
+    step_fn = jax.jit(functools.partial(infer.step, model=teacher.model, hp=hp),
+                      donate_argnums=0)   # the state, as jdd.stages.pixel_groups
     for r, start in enumerate(range(0, len(units), per_round)):
       rows = units[start:start + per_round]
       out = os.path.join(rounds_dir, f"{teacher.name}_round{r:05d}.npy")

@@ -44,7 +44,10 @@ class Sre2lRecover:
     self.iterations = self.hp.iterations
     teacher = ctx.teachers[0]
     variables = mesh_lib.replicate(teacher.variables, ctx.mesh)
-    jitted = jax.jit(functools.partial(sre2l.step, model=teacher.model, hp=self.hp))
+    # The state is donated: the new images and Adam moments reuse the old buffers (the loop
+    # never reads a state after stepping it), as PyTorch updates them in place.
+    jitted = jax.jit(functools.partial(sre2l.step, model=teacher.model, hp=self.hp),
+                     donate_argnums=0)
     self.step = lambda state, batch, rng: jitted(state, batch, rng, variables)
     self.before_step = None
     self.side_files, self.extra = ("grid.png",), {}

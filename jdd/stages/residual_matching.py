@@ -40,7 +40,7 @@ class FadrmRecover:
     self.schedule = fadrm.stage_schedule(self.hp.resolutions, self.hp.budgets)
     variables = tuple(mesh_lib.replicate(t.variables, ctx.mesh) for t in self.teachers)
     jitted = jax.jit(functools.partial(fadrm.step, models=tuple(t.model for t in self.teachers),
-                                       hp=self.hp))
+                                       hp=self.hp), donate_argnums=0)   # as pixel_groups
     self.step = lambda state, batch, rng: jitted(state, batch, rng, variables)
     self.side_files = ("grid.png", "patch_init.json")
     self._arranged, self._stage = None, 0
