@@ -18,16 +18,14 @@ jdd-trained teacher folder with card.json).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 
-import jax
 import numpy as np
 
 import jdd
-from jdd import checkpoint, lock, mesh as mesh_lib
+from jdd import checkpoint
 from jdd.data import load_classification
 from jdd.drivers import classification as driver
 from jdd.errors import ConfigError
@@ -107,19 +105,13 @@ def evaluate(s: ClassSet, config, workdir: str) -> dict:
   if s.labels.max() >= data.num_classes:
     raise ConfigError(f"{s.path}: class {int(s.labels.max())} but {data.name} has "
                       f"{data.num_classes} classes")
-  with lock.hold(workdir):
-    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
-    print(f"[jdd eval] {s.format} set {s.path}: {len(s.images)} images, {s.ipc} per class, on "
-          f"{data.name}; workdir {workdir}", flush=True)
-    checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
-                                 json.loads(config.to_json_best_effort()))
-    ctx = RunContext.create(config, workdir, data, mesh=mesh)
-    with jax.set_mesh(mesh):
-      ctx.teachers = teachers.squeeze(ctx)
-      ceiling = teachers.full_data_student(ctx)
-      n = len(s.images)
-      source = _label_source(ctx, s, evaluation.make_plan(config.evaluate, n, n))
-      ev = evaluate_stage.compare(ctx, s.images, s.labels, {"soft": source})
+  banner = f"{s.format} set {s.path}: {len(s.images)} images, {s.ipc} per class, on {data.name}"
+  with compute.open_run(config, workdir, data, banner) as ctx:
+    ctx.teachers = teachers.squeeze(ctx)
+    ceiling = teachers.full_data_student(ctx)
+    n = len(s.images)
+    source = _label_source(ctx, s, evaluation.make_plan(config.evaluate, n, n))
+    ev = evaluate_stage.compare(ctx, s.images, s.labels, {"soft": source})
     summary = teachers.summary(ctx.teachers)
     results = {
         "jdd_version": jdd.__version__, "method": f"{s.format} set", "set": os.path.abspath(s.path),
@@ -142,7 +134,7 @@ def evaluate(s: ClassSet, config, workdir: str) -> dict:
                 os.path.join(workdir, "eval", "curves.png"))
     results["image_bytes"] = int(s.images.nbytes + s.labels.nbytes)
     results["label_bytes"] = int(os.path.getsize(s.label_file)) if s.label_file else 0
-    results["compute"] = clock.report(mesh.shape["data"], t0)
+    results["compute"] = clock.report(ctx.mesh.shape["data"], t0)
     checkpoint.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results
 

@@ -9,10 +9,30 @@ resident set (host) and, where the backend reports it, the device's peak bytes i
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import resource
 import time
 
 import jax
+
+from jdd import checkpoint, lock, mesh as mesh_lib
+from jdd.loop import RunContext
+
+
+@contextlib.contextmanager
+def open_run(config, workdir: str, data, banner: str):
+  """What every `jdd eval` does around its students: the workdir lock, the mesh, the banner,
+  `config.json`, and a `RunContext` entered with the mesh set; yields the context."""
+  with lock.hold(workdir):
+    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
+    print(f"[jdd eval] {banner}; workdir {workdir}", flush=True)
+    checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
+                                 json.loads(config.to_json_best_effort()))
+    ctx = RunContext.create(config, workdir, data, mesh=mesh)
+    with jax.set_mesh(mesh):
+      yield ctx
 
 
 class Clock:

@@ -20,16 +20,14 @@ an image-caption set is encoded here), and its images have the evaluator's size 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-import jax
 import numpy as np
 from PIL import Image
 
 import jdd
-from jdd import checkpoint, lock, mesh as mesh_lib
+from jdd import checkpoint
 from jdd.data.captions import CLIP_MEAN, CLIP_STD, pre_caption
 from jdd.errors import ConfigError
 from jdd.evaluation import retrieval
@@ -89,29 +87,23 @@ def _texts(ctx: RunContext, s: PairSet, dim: int) -> np.ndarray:
 def evaluate(s: PairSet, config, workdir: str) -> dict:
   t0, clock = time.time(), compute.Clock()
   data = image_text.load_data(config)
-  with lock.hold(workdir):
-    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
-    print(f"[jdd eval] {s.format} set {s.path}: {len(s)} pairs on {data.name}; workdir "
-          f"{workdir}", flush=True)
-    checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
-                                 json.loads(config.to_json_best_effort()))
-    ctx = RunContext.create(config, workdir, data, mesh=mesh)
-    with jax.set_mesh(mesh):
-      enc = image_text.encoders(ctx)
-      ev = image_text.evaluator(ctx, enc)
-      images = _images(s, int(config.dataset.image_size))
-      texts = _texts(ctx, s, enc.texts["train"].shape[-1])
-      if ev.features:
-        images = encode_features(ev.model, ev.backbone_vars, images)
-      pairs = retrieval.PairSet(images, texts, s.similarity, s.lr_image, s.lr_text)
-      results = image_text.results_header(ctx, enc, ev.model)
-      results.update(method=f"{s.format} set", set=os.path.abspath(s.path), format=s.format,
-                     notes=s.notes, jdd_version=jdd.__version__)
-      results[NAME] = {"pairs_budget": len(s), "learned_similarity": s.similarity is not None,
-                       **image_text.evaluate_named(ctx, ev, NAME, pairs)}
-      results.update(image_text.evaluate_baselines(ctx, ev, enc.texts, learned=pairs))
-      image_text.finish_results(ctx, results, [NAME])
-    results["compute"] = clock.report(mesh.shape["data"], t0)
+  with compute.open_run(config, workdir, data,
+                        f"{s.format} set {s.path}: {len(s)} pairs on {data.name}") as ctx:
+    enc = image_text.encoders(ctx)
+    ev = image_text.evaluator(ctx, enc)
+    images = _images(s, int(config.dataset.image_size))
+    texts = _texts(ctx, s, enc.texts["train"].shape[-1])
+    if ev.features:
+      images = encode_features(ev.model, ev.backbone_vars, images)
+    pairs = retrieval.PairSet(images, texts, s.similarity, s.lr_image, s.lr_text)
+    results = image_text.results_header(ctx, enc, ev.model)
+    results.update(method=f"{s.format} set", set=os.path.abspath(s.path), format=s.format,
+                   notes=s.notes, jdd_version=jdd.__version__)
+    results[NAME] = {"pairs_budget": len(s), "learned_similarity": s.similarity is not None,
+                     **image_text.evaluate_named(ctx, ev, NAME, pairs)}
+    results.update(image_text.evaluate_baselines(ctx, ev, enc.texts, learned=pairs))
+    image_text.finish_results(ctx, results, [NAME])
+    results["compute"] = clock.report(ctx.mesh.shape["data"], t0)
     checkpoint.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results
 
