@@ -86,9 +86,9 @@ def bench_jdd(data, images, steps, repeats):
   state0 = training.init_state(variables, trainer.optimizer)
   host = trainer._host_batches(trainer.source, jax.random.key(1), 0, steps, N)
   x = jnp.asarray(images)
-  out = {}
-  for name, scan in (("jdd", trainer.scan), ("jdd/scan", True), ("jdd/step", False)):
-    if name != "jdd" and scan == trainer.scan:
+  out, auto = {}, trainer.scan
+  for name, scan in (("jdd", auto), ("jdd/scan", True), ("jdd/step", False)):
+    if name != "jdd" and scan == auto:
       continue                       # the same path as the "jdd" row
 
     def run(scan=scan):
@@ -98,7 +98,7 @@ def bench_jdd(data, images, steps, repeats):
 
     run()
     out[name] = _timed(run, repeats)
-  trainer.scan = evaluation.use_scan(trainer.ecfg)
+  trainer.scan = auto
 
   seeds = jax.vmap(lambda k: training.init_state(
       models.init_variables(trainer.model, k, data.image_shape), trainer.optimizer))(

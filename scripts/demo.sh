@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export TF_CPP_MIN_LOG_LEVEL=3
-python -m jdd.main --config configs/sre2l_fashion_mnist.py --workdir "${1:-runs/sre2l_fashion_mnist}"
+python -m jdd.main --config configs/sre2l_fashion_mnist.py:demo --workdir "${1:-runs/sre2l_fashion_mnist}"

@@ -218,11 +218,12 @@ def print_summary(results: dict) -> None:
       line += f"{fmt(b['random_subset']):17s}{diff:36s}{d['verdict']}"
     print(line)
   ceiling = results.get("ceiling", {})
-  parts = [f"teacher {t['name']} ({t['arch']}) {t['test_top1'] * 100:.2f}"
+  named = lambda n: "teacher" if n == "teacher" else f"teacher {n}"  # not "teacher teacher"
+  parts = [f"{named(t['name'])} ({t['arch']}) {t['test_top1'] * 100:.2f}"
            for t in results["teachers"] if t.get("test_top1") is not None]
   if "full_data_student" in ceiling:
     f = ceiling["full_data_student"]
-    same = (f" = teacher {f['same_as_teacher']}, the same network"
+    same = (f" = {named(f['same_as_teacher'])}, the same network"
             if f.get("same_as_teacher") else "")
     parts.append(f"full-data student ({f['arch']}, hard labels{same}) "
                  f"{f['test_top1'] * 100:.2f}")
