@@ -59,8 +59,8 @@ def get_config(arg=None):
   classification.fashion_mnist_fkd_labels(c)
   c.evaluate.epochs = 400 if c.recover.ipc <= 10 else 200
   c.evaluate.eval_every = c.evaluate.epochs // 10
-  if args.get("demo"):
-    c.evaluate.label_modes = ("soft", "hard")
   if args.get("smoke"):
     sre2l.apply_smoke(c, args)
+  if args.get("demo"):
+    c.evaluate.label_modes = ("soft", "hard")
   return finalize(c)

@@ -203,6 +203,8 @@ def test_every_variant_key_survives_smoke(path):
       assert tuple(c.evaluate.baselines) == (f"random_{n}",)
     elif key == "grad_mode":
       assert load_config(path + ":grad_mode=exact,smoke").distill.grad_mode == "exact"
+    elif key == "dataset":   # configs/eval_retrieval.py: the recipe on another dataset
+      assert load_config(path + ":dataset=flickr30k,smoke").dataset.name == "flickr30k"
     elif key == "protocol":
       for name in ("lors", "mttvl", "edge"):
         assert load_config(path + f":protocol={name},smoke").evaluate.protocol == name
