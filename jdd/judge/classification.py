@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import numpy as np
 
@@ -97,7 +96,7 @@ def _label_source(ctx: RunContext, s: ClassSet, plan):
 
 def evaluate(s: ClassSet, config, workdir: str) -> dict:
   """Every student of the comparison, results.json in `workdir`, and the results dict."""
-  t0, clock = time.time(), compute.Clock()
+  clock = compute.Clock()
   data = load_classification(config.dataset)
   if tuple(s.images.shape[1:]) != tuple(data.image_shape):
     raise ConfigError(f"{s.path}: images are {s.images.shape[1:]}, {data.name} is "
@@ -134,7 +133,7 @@ def evaluate(s: ClassSet, config, workdir: str) -> dict:
                 os.path.join(workdir, "eval", "curves.png"))
     results["image_bytes"] = int(s.images.nbytes + s.labels.nbytes)
     results["label_bytes"] = int(os.path.getsize(s.label_file)) if s.label_file else 0
-    results["compute"] = clock.report(ctx.mesh.shape["data"], t0)
+    results["compute"] = clock.report(ctx.mesh.shape["data"])
     checkpoint.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results
 

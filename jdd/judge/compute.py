@@ -41,8 +41,8 @@ class Clock:
   def __init__(self):
     self.wall0, self.cpu0 = time.time(), time.process_time()
 
-  def report(self, num_devices: int, wall0: float | None = None) -> dict:
-    wall = time.time() - (self.wall0 if wall0 is None else wall0)
+  def report(self, num_devices: int) -> dict:
+    wall = time.time() - self.wall0
     out = {"wall_seconds": round(wall, 1),
            "cpu_seconds": round(time.process_time() - self.cpu0, 1),
            "devices": int(num_devices), "platform": jax.devices()[0].platform,

@@ -21,7 +21,6 @@ an image-caption set is encoded here), and its images have the evaluator's size 
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 from PIL import Image
@@ -85,7 +84,7 @@ def _texts(ctx: RunContext, s: PairSet, dim: int) -> np.ndarray:
 
 
 def evaluate(s: PairSet, config, workdir: str) -> dict:
-  t0, clock = time.time(), compute.Clock()
+  clock = compute.Clock()
   data = image_text.load_data(config)
   with compute.open_run(config, workdir, data,
                         f"{s.format} set {s.path}: {len(s)} pairs on {data.name}") as ctx:
@@ -103,7 +102,7 @@ def evaluate(s: PairSet, config, workdir: str) -> dict:
                      **image_text.evaluate_named(ctx, ev, NAME, pairs)}
     results.update(image_text.evaluate_baselines(ctx, ev, enc.texts, learned=pairs))
     image_text.finish_results(ctx, results, [NAME])
-    results["compute"] = clock.report(ctx.mesh.shape["data"], t0)
+    results["compute"] = clock.report(ctx.mesh.shape["data"])
     checkpoint.atomic_write_json(os.path.join(workdir, "results.json"), results)
   return results
 
