@@ -27,12 +27,18 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jdd import xla_setup  # noqa: E402
+
+xla_setup.apply()   # jdd's XLA flags, before JAX starts a backend
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
 
 BATCH, N, CLASSES, T = 50, 100, 10, 30.0
 AUG = dict(crop="pad_crop", crop_padding=4, flip=True, mix="mixup", mix_alpha=0.8)

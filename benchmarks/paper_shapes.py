@@ -60,6 +60,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import paper_workloads as workloads  # noqa: E402  (imports jax / torch only when called)
+
+sys.path.insert(0, ROOT)
+from jdd import xla_setup  # noqa: E402
+
+xla_setup.apply()   # jdd's XLA flags, inherited by the worker processes
 FADRM_STEPS = 2000          # steps per image batch in FADRM (4 stages x 500)
 
 

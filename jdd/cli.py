@@ -18,6 +18,9 @@ import os
 import sys
 
 import jdd
+from jdd import xla_setup
+
+xla_setup.apply()   # before JAX starts a backend (jdd.xla_setup)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jdd.__file__)))
 # The base config `jdd eval` takes the dataset, teacher, student and protocol from.

@@ -12,10 +12,12 @@ or `--distributed=env` where JAX detects the cluster (SLURM, Cloud TPU, GKE, Ope
 whose peer dies stops with one message naming it (status 1), without waiting for the others.
 """
 
-from jdd import reporting
+from jdd import reporting, xla_setup
 
-# Before anything imports TensorFlow or XLA: their start-up lines are silenced at the source.
+# Before anything imports TensorFlow or XLA: their start-up lines are silenced at the source,
+# and jdd's XLA flags are set (jdd.xla_setup).
 reporting.quiet_third_party()
+xla_setup.apply()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -7,6 +7,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from jdd import xla_setup  # noqa: E402
+
+xla_setup.apply()   # the XLA flags of jdd's commands, before any JAX backend starts
 
 
 @pytest.fixture(autouse=True)

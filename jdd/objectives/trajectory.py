@@ -95,12 +95,19 @@ def _sgd(theta: dict, grads: dict, lrs: dict) -> dict:
           for m in MODALITIES}
 
 
-def _scan_unroll():
-  """`lax.scan`'s `unroll` for the student steps: the whole loop on the CPU backend, where
-  XLA:CPU runs convolution gradients inside a while loop 30-100x slower than outside one
-  (`jdd.evaluation.classification`'s module docstring has the measurement); syn_steps is small
-  (8 in the papers' configs), so the unrolled program stays small. A loop elsewhere."""
-  return True if jax.default_backend() == "cpu" else 1
+def _scan_unroll(theta: dict) -> bool | int:
+  """`lax.scan`'s `unroll` for the student steps over `theta`. The whole loop on the CPU backend
+  when the student trains convolution kernels (4-d leaves: MTT-VL's and LoRS's NFNet): XLA:CPU
+  runs the weight gradient of a convolution inside a while loop 30-100x slower than outside one
+  (`jdd.evaluation.classification`'s module docstring has the measurement), and syn_steps is
+  small (8 in the papers' configs). A loop otherwise: elsewhere, and for dense students over a
+  frozen backbone (RepBlend), whose input gradients through the backbone's convolutions run as
+  fast in the loop and whose unrolled program held about 3x the memory (RepBlend at Flickr30K
+  shapes, `benchmarks/paper_shapes.py --scale 0.25`: 5.5 GB of XLA buffers unrolled, 1.9 GB
+  in the loop, and 30 % more CPU time)."""
+  if jax.default_backend() != "cpu":
+    return 1
+  return any(getattr(x, "ndim", 0) == 4 for x in jax.tree.leaves(theta))
 
 
 def unroll(loss_fn: StudentLoss, theta0: dict, data, lrs: dict, idx: jax.Array,
@@ -113,7 +120,7 @@ def unroll(loss_fn: StudentLoss, theta0: dict, data, lrs: dict, idx: jax.Array,
 
   if remat:
     body = jax.checkpoint(body)
-  return jax.lax.scan(body, theta0, (idx, keys), unroll=_scan_unroll())
+  return jax.lax.scan(body, theta0, (idx, keys), unroll=_scan_unroll(theta0))
 
 
 def exact_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data, lrs: dict,
@@ -147,7 +154,8 @@ def tesla_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data,
     return (_sgd(theta, g, lrs_c), jax.tree.map(jnp.add, gsum, g)), value
 
   zeros = jax.tree.map(jnp.zeros_like, theta0)
-  (_, gsum), inner = jax.lax.scan(pass1, (theta0, zeros), (idx, keys), unroll=_scan_unroll())
+  (_, gsum), inner = jax.lax.scan(pass1, (theta0, zeros), (idx, keys),
+                                  unroll=_scan_unroll(theta0))
   # theta_N = theta_0 - eta G, exactly the reference's expression for the distance.
   theta_n = {m: jax.tree.map(lambda p, g, lr=lrs_c[m]: p - lr * g, theta0[m], gsum[m])
              for m in MODALITIES}
@@ -168,7 +176,7 @@ def tesla_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data,
     return (_sgd(theta, g, lrs_c), jax.tree.map(jnp.add, acc, gd)), None
 
   (_, g_data), _ = jax.lax.scan(pass2, (theta0, jax.tree.map(jnp.zeros_like, data_c)),
-                                (idx, keys), unroll=_scan_unroll())
+                                (idx, keys), unroll=_scan_unroll(theta0))
   g_lrs = {m: -2.0 * sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gsum[m]),
                                                          jax.tree.leaves(delta[m]))) / den[m]
            for m in MODALITIES}
