@@ -17,6 +17,7 @@ input float32 cannot tell from the test input, and the gap is not a jdd error (d
 "Parity with PyTorch"). Needs the test extra (torch, torchvision):
 
   python scripts/gradient_tie_probe.py cifar_mobilenet_v2
+  python scripts/gradient_tie_probe.py mobilenet_v2_x0_25
   python scripts/gradient_tie_probe.py small_densenet --seed 25 --eps 1e-7,1e-6,3e-6
   python scripts/gradient_tie_probe.py densenet121_cifar      # minutes (float64 compile)
 """
@@ -31,7 +32,9 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jdd import xla_setup  # noqa: E402
 
+xla_setup.apply()   # the XLA flags the tests run with (tests/conftest.py)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,6 +59,12 @@ def _case(name: str, seed: int):
     tm = _fit_running_stats(randomise(torchvision.models.shufflenet_v2_x0_5(num_classes=10),
                                       seed=3), 64, seed=4)
     return tm, build_model("shufflenet_v2_x0_5", 10), "shufflenet_v2_x0_5", "torchvision", 64, 4
+  if name == "mobilenet_v2_x0_25":
+    tm = torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25)
+    tm.classifier[0].p = 0.0
+    tm = _fit_running_stats(randomise(tm, seed=3), 64, seed=4)
+    return (tm, build_model("mobilenet_v2", 10, width_mult=0.25, dropout=0.0), "mobilenet_v2",
+            "torchvision", 64, 4)
   if name == "small_densenet":
     cfg = dict(growth_rate=8, block_config=(2, 3, 1, 2))
     tm = randomise(KLDenseNet(cfg["block_config"], 8, 10), seed=0)
@@ -115,7 +124,8 @@ def probe(case: str, seed: int = 0, eps=(1e-9, 1e-8, 3e-8, 1e-7, 1e-6), directio
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("case", choices=["cifar_mobilenet_v2", "shufflenet_v2_x0_5", "small_densenet",
+  p.add_argument("case", choices=["cifar_mobilenet_v2", "shufflenet_v2_x0_5", "mobilenet_v2_x0_25",
+                                  "small_densenet",
                                   "densenet121_cifar", "densenet121"])
   p.add_argument("--seed", type=int, default=0, help="torch global seed before building the net")
   p.add_argument("--eps", default="1e-9,1e-8,3e-8,1e-7,1e-6")
