@@ -173,6 +173,21 @@ def spread_arrays(n: int, compute, shape: tuple[int, ...], dtype) -> np.ndarray:
   return np.stack([everyone[i % count, i // count] for i in range(n)])
 
 
+def seed_spreader(name: str):
+  """`spread` bound to `name` for a stage that deals its pieces over the processes, or None
+  with one process (the stage then computes every piece itself, as it always did)."""
+  if not is_multiprocess():
+    return None
+  return lambda n, compute: spread(n, compute, name)
+
+
+def array_spreader(shape: tuple[int, ...], dtype):
+  """`spread_arrays` bound to a piece's `shape` and `dtype`, or None with one process."""
+  if not is_multiprocess():
+    return None
+  return lambda n, compute: spread_arrays(n, compute, shape, dtype)
+
+
 def _checked(piece, shape, dtype, i: int) -> np.ndarray:
   piece = np.asarray(piece)
   if piece.shape != tuple(shape) or piece.dtype != np.dtype(dtype):

@@ -130,19 +130,6 @@ def compute_soft_labels(models: Sequence, teachers: Sequence, images_uint8: np.n
   weights = mixture_weights(len(models)) if weights is None else np.asarray(weights, np.float32)
   relabel = jax.jit(make_relabel_fn(models, cfg=cfg, mean=mean, std=std, num_splits=num_splits,
                                     weights=weights, train_mode=train_mode))
-  teachers = tuple(teachers)
-  images = jnp.asarray(images_uint8)
-  done = []
-
-  def epoch(e):
-    idx = fkd.batch_indices(order_key, e, len(images_uint8), batch_size)
-    out = np.stack([np.asarray(relabel(teachers, aug_key, e, k, images[idx[k]]))
-                    for k in range(len(idx))])
-    done.append(e)
-    if progress is not None:
-      progress(len(done))
-    return out
-
-  if spread is not None:
-    return spread(epochs, epoch)
-  return np.stack([epoch(e) for e in range(epochs)])
+  return fkd.relabel_epochs(relabel, tuple(teachers), images_uint8, epochs=epochs,
+                            batch_size=batch_size, order_key=order_key, aug_key=aug_key,
+                            progress=progress, spread=spread)

@@ -60,16 +60,27 @@ def compute_soft_labels(teacher_model, teacher_variables, images_uint8: np.ndarr
   Epoch e depends on (keys, e) alone: `spread(epochs, epoch_fn)` may compute the epochs
   elsewhere and must return their stack (`jdd.distributed.spread_arrays`)."""
   relabel = make_relabel_fn(teacher_model, cfg=cfg, mean=mean, std=std)
+  return relabel_epochs(relabel, teacher_variables, images_uint8, epochs=epochs,
+                        batch_size=batch_size, order_key=order_key, aug_key=aug_key,
+                        progress=progress, spread=spread)
+
+
+def relabel_epochs(relabel, teachers, images_uint8: np.ndarray, *, epochs, batch_size,
+                   order_key, aug_key, progress=None, spread=None) -> np.ndarray:
+  """`relabel(teachers, aug_key, e, k, batch)` over every (epoch e, batch k) of the student's
+  order (`batch_indices`): (E, S, b, C). The loop FKD and BSSL labels share; epoch e depends on
+  (keys, e) alone, so `spread(epochs, epoch_fn)` may compute the epochs elsewhere and must
+  return their stack. `progress(n)` hears how many epochs this process has finished."""
   images = jnp.asarray(images_uint8)
-  done = []
+  finished = [0]
 
   def epoch(e):
     idx = batch_indices(order_key, e, len(images_uint8), batch_size)
-    out = np.stack([np.asarray(relabel(teacher_variables, aug_key, e, k, images[idx[k]]))
+    out = np.stack([np.asarray(relabel(teachers, aug_key, e, k, images[idx[k]]))
                     for k in range(len(idx))])
-    done.append(e)
+    finished[0] += 1
     if progress is not None:
-      progress(len(done))
+      progress(finished[0])
     return out
 
   if spread is not None:

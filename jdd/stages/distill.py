@@ -62,8 +62,7 @@ def _periodic_eval(ctx: RunContext, ev: Evaluator, params: dict, dc, it: int) ->
   if os.path.exists(path):
     return checkpoint.read_json(path)
   seeds = [int(ctx.config.seed) * 1000 + 500 + k for k in range(int(dc.eval_seeds))]
-  spread = ((lambda n, compute: distributed.spread(n, compute, f"distill_eval_{it}"))
-            if distributed.is_multiprocess() else None)   # seed k on process k mod N
+  spread = distributed.seed_spreader(f"distill_eval_{it}")   # seed k on process k mod N
   out = retrieval.evaluate_pairs(ev.model, ev.backbone_vars, pair_set(ev, params, dc), ev.splits,
                                  ctx.config.evaluate, seeds, features=ev.features, spread=spread)
   checkpoint.atomic_write_json(path, out["summary"])

@@ -61,10 +61,9 @@ def sample_and_export(ctx: RunContext, setup: EdgeSetup, unet_vars, texts: dict,
   captions = list(data.train.captions)
   seed = int(ec.sample_seed)
   t = time.time()
-  spread = None
-  if distributed.is_multiprocess():   # batch k on process k mod N, gathered to all
-    shape = (int(ec.sample_batch), sampler.height, sampler.width, 3)
-    spread = lambda n, batch_fn: distributed.spread_arrays(n, batch_fn, shape, np.float32)
+  # Batch k on process k mod N, gathered to all (None with one process).
+  spread = distributed.array_spreader((int(ec.sample_batch), sampler.height, sampler.width, 3),
+                                      np.float32)
   images, prompts, idx = edge.sample_pairs(
       unet_vars, setup.frozen, captions, lambda c: setup.tokenize(c)[0], int(ec.pairs), seed,
       models=setup.models, sampler=sampler, batch_size=int(ec.sample_batch),

@@ -329,8 +329,7 @@ def evaluate_named(ctx: RunContext, ev: Evaluator, name: str, pairs) -> dict:
                                               f"{name}_seed{seeds.index(seed)}.json"), result)
 
   # Seed k on process k mod N (each keyed by its seed alone), then every process has them all.
-  spread = ((lambda n, compute: distributed.spread(n, compute, f"retrieval_{name}"))
-            if distributed.is_multiprocess() else None)
+  spread = distributed.seed_spreader(f"retrieval_{name}")
 
   total = int(ec.epochs) + int(bool(ec.extra_epoch))
   factory = lambda seed: reporting.Progress(f"evaluate:{name}:seed{seeds.index(seed)}", total,

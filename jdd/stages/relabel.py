@@ -75,12 +75,10 @@ def _stored_soft_labels(ctx: RunContext, name: str, images: np.ndarray, out_dir:
     print(f"[relabel:{name}] {what} exist: skipped", flush=True)
     return path, np.load(path)
   epochs, batch = int(plan.epochs), int(plan.batch_size)
-  spread = None
-  if distributed.is_multiprocess():
-    # Epoch e on process e mod N (keyed by e alone), then every process has every epoch.
-    shape = (fkd.steps_per_epoch(len(images), batch), batch, int(ctx.data.num_classes))
-    spread = lambda n, epoch_fn: distributed.spread_arrays(n, epoch_fn, shape, np.float16)
-    mine = len(range(distributed.process_index(), epochs, distributed.process_count()))
+  # Epoch e on process e mod N (keyed by e alone), then every process has every epoch.
+  spread = distributed.array_spreader(
+      (fkd.steps_per_epoch(len(images), batch), batch, int(ctx.data.num_classes)), np.float16)
+  mine = len(range(distributed.process_index(), epochs, distributed.process_count()))
   progress = reporting.Progress(f"relabel:{name}", max(1, mine) if spread else epochs,
                                 every=max(1, epochs // 5))
   soft = compute(images, epochs=epochs, batch_size=batch, order_key=ctx.keys["relabel_order"],
