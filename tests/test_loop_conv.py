@@ -153,3 +153,15 @@ def test_scan_hlo_has_only_canonical_convolutions():
   # the default rule's non-canonical weight gradient, which this guards against (if XLA ever
   # canonicalises it inside loops too, this module can go)
   assert scanned(lax.conv_general_dilated) != {"b01f_01io->b01f"}
+
+
+def test_vmap_over_students_matches_lax():
+  """Evaluation trains seeds side by side under vmap: batched kernels and inputs."""
+  x = jax.random.normal(jax.random.key(0), (3, 2, 9, 9, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 2, 6))
+  ref, new = _convs(2, "SAME", 1, 2)
+  f = jax.jit(lambda x, w: [jax.vmap(jax.grad(lambda x, w, c=c: jnp.sum(jnp.tanh(c(x, w))),
+                                              (0, 1)))(x, w) for c in (ref, new)])
+  (gx0, gw0), (gx1, gw1) = f(x, w)
+  _close(gx0, gx1)
+  _close(gw0, gw1)
