@@ -21,6 +21,8 @@ Variable names, for porting a torch `ConvNet` state_dict (`features` is an nn.Se
                                      W.reshape(K,C,H,W).transpose(2,3,1,0).reshape(H*W*C, K)
   classifier.bias                 -> params/fc/bias
 Initialisation is torch's default for Conv2d/Linear (the reference does not override it).
+The convs use `jdd.models.conv.conv_general_dilated`: lax's forward unchanged, gradients built in
+XLA:CPU's canonical layout so student steps stay fast inside `lax.scan` (that module's docstring).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
+from jdd.models.conv import conv_general_dilated
 from jdd.models.torch_names import LEAVES
 
 NORMS = ("batchnorm", "instancenorm", "none")
@@ -88,6 +91,7 @@ class ConvNet(nn.Module):
           kernel_init=torch_default_kernel_init,
           bias_init=torch_default_bias_init(fan_in),
           dtype=self.dtype,
+          conv_general_dilated=conv_general_dilated,
           name=f"conv{d}",
       )(x)
       if self.norm == "batchnorm":

@@ -47,7 +47,10 @@ training or fine-tuning the backbone updates the raw weights exactly as timm wou
 Deliberate differences from timm: none in the computation. Only the 'deep_quad' stem, the NFNet
 (non-RegNet) block with SE or no attention, output stride 32 and width factor 1 are implemented
 (timm's NF-ResNet/NF-RegNet layouts and ECA attention are not). There is no BatchNorm, so
-`init_variables` returns only `params`. The depths and widths are attributes, so tests and the
+`init_variables` returns only `params`. Every convolution goes through
+`jdd.models.conv.conv_general_dilated`: the forward is `lax.conv_general_dilated` unchanged, the
+gradients are built in XLA:CPU's canonical layout so they stay fast inside `lax.scan` (that
+module's docstring). The depths and widths are attributes, so tests and the
 offline pipeline can build a small NFNet with the same code.
 """
 
@@ -62,8 +65,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from jdd.models.conv import conv_general_dilated
 from jdd.models.torch_names import default_torch_key, module_key
 
 # Variance-preserving activation constants (DeepMind nfnets, copied as numbers by timm).
@@ -173,9 +176,9 @@ class ScaledStdConv(nn.Module):
                       jnp.float32)
     w = standardise(kernel, gain, self.style.conv_gamma, self.style.std_conv_eps)
     pads = [conv_padding(x.shape[1 + a], k, s, self.style.same_padding) for a in range(2)]
-    y = lax.conv_general_dilated(x.astype(self.dtype), w.astype(self.dtype), (s, s), pads,
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 feature_group_count=self.groups)
+    y = conv_general_dilated(x.astype(self.dtype), w.astype(self.dtype), (s, s), pads,
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                             feature_group_count=self.groups)
     return y + bias.astype(self.dtype)
 
 
@@ -189,9 +192,9 @@ class SqueezeExcite(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
     s = nn.Conv(self.rd_channels, (1, 1), kernel_init=fan_in_normal, dtype=self.dtype,
-                name="fc1")(s)
+                conv_general_dilated=conv_general_dilated, name="fc1")(s)
     s = nn.Conv(x.shape[-1], (1, 1), kernel_init=fan_in_normal, dtype=self.dtype,
-                name="fc2")(nn.relu(s))
+                conv_general_dilated=conv_general_dilated, name="fc2")(nn.relu(s))
     return x * jax.nn.sigmoid(s)
 
 

@@ -1,0 +1,176 @@
+"""A 2-D convolution whose gradients stay fast inside `lax.scan` / while loops on XLA:CPU.
+
+Why. JAX's autodiff turns the transpose of a convolution into convolutions with permuted
+dimension labels (input gradient: `b01f_01oi->b01f` on a reversed kernel; weight gradient:
+`f01b_i01o->01bf`, batch as the contracted feature). Outside loops XLA:CPU rewrites those into
+its canonical NHWC/HWIO form (`b01f_01io->b01f`, with transpose copies around them) and hands
+them to its fast Eigen kernels. Inside a while body (every `lax.scan`) it does not, and they run
+on a slow generic emitter. Measured with jax 0.10.2 / XLA:CPU on a 3x3 conv, x (50, 28, 28, 32)
+NHWC, w (3, 3, 32, 32) HWIO: weight gradient 25 ms alone vs 2,586 ms per step inside a scan
+(100x); input gradient 40 ms vs 773 ms; the forward conv is equally fast in and out of loops.
+A weight gradient written as explicit transposes around a canonical forward conv runs in 48 ms
+per step inside the scan. jdd worked around the slowness by unrolling trajectory-matching
+student steps on CPU (memory grows with the unroll) and by training evaluation students one
+jitted call per step; `benchmarks/loop_conv.py` prints the figures for this module.
+
+What. `conv_general_dilated` has the call signature flax's `nn.Conv(conv_general_dilated=...)`
+uses and is restricted to what jdd needs: NHWC input, HWIO kernel, NHWC output, window strides,
+padding ('SAME', 'VALID' or explicit, possibly asymmetric, pairs), kernel dilation and
+`feature_group_count` (dense, grouped, depthwise). The forward is `lax.conv_general_dilated`
+unchanged (bit-identical values). The `jax.custom_vjp` backward builds both gradients as
+convolutions in the canonical layout, i.e. the program XLA itself builds outside loops:
+
+* input gradient: the cotangent, lhs-dilated by the stride, convolved with the spatially
+  reversed kernel whose in/out channels are swapped within each group;
+* weight gradient: batch and channels trade places: lhs = x as (Cin/G, H, W, G*N) and
+  rhs = cotangent as (Ho, Wo, N, Cout), a forward conv with `feature_group_count=G`, window
+  strides = the kernel dilation and kernel dilation = the stride, output (Cin/G, kh, kw, Cout)
+  transposed to HWIO. For G > 1 this is G times less work than what XLA emits outside loops
+  (a 3-D conv over a lhs-dilated group axis whose work equals the dense weight gradient's).
+
+Both backward convolutions go through the same custom rule (with lhs dilation, which the
+transposes need), so gradients of gradients (TESLA's second pass) stay canonical too. The
+padding of the transposed convolutions is derived here, per spatial axis, for input size H
+(dilated by a: Ha = (H-1)a+1), kernel K (dilated by d: Kd = (K-1)d+1), stride s, padding
+(lo, hi) and output size Ho: input gradient pads (Kd-1-lo, Ha-1-(Ho-1)s+lo) with lhs dilation
+s and stride a; weight gradient pads (lo, (K-1)d+(Ho-1)s+1-Ha-lo), possibly negative, which XLA
+accepts (it crops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CANONICAL = ("NHWC", "HWIO", "NHWC")
+
+
+def _canonical_numbers():
+  return lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), CANONICAL)
+
+
+def _conv(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
+  return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation=lhs_dil,
+                                  rhs_dilation=rhs_dil, dimension_numbers=CANONICAL,
+                                  feature_group_count=groups, precision=precision)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _loop_conv(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
+  return _conv(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision)
+
+
+def _loop_conv_fwd(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
+  return _conv(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision), (x, w)
+
+
+def _input_grad(gy, x_shape, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
+  kh, kw, cig, cout = w.shape
+  cog = cout // groups
+  wt = jnp.flip(w, (0, 1)).reshape(kh, kw, cig, groups, cog)
+  wt = jnp.transpose(wt, (0, 1, 4, 3, 2)).reshape(kh, kw, cog, groups * cig)
+  pads = []
+  for a in range(2):
+    kd = (w.shape[a] - 1) * rhs_dil[a] + 1
+    ha = (x_shape[1 + a] - 1) * lhs_dil[a] + 1
+    lo = padding[a][0]
+    pads.append((kd - 1 - lo, ha - 1 - (gy.shape[1 + a] - 1) * strides[a] + lo))
+  return _loop_conv(gy, wt, tuple(lhs_dil), tuple(pads), tuple(strides), tuple(rhs_dil),
+                    groups, precision)
+
+
+def _weight_grad(gy, x, w_shape, strides, padding, lhs_dil, rhs_dil, groups, precision):
+  n, h, wd, cin = x.shape
+  cig = cin // groups
+  xt = jnp.transpose(x.reshape(n, h, wd, groups, cig), (4, 1, 2, 3, 0))
+  xt = xt.reshape(cig, h, wd, groups * n)
+  gt = jnp.transpose(gy, (1, 2, 0, 3))
+  pads = []
+  for a in range(2):
+    ha = (x.shape[1 + a] - 1) * lhs_dil[a] + 1
+    lo = padding[a][0]
+    hi = (w_shape[a] - 1) * rhs_dil[a] + (gy.shape[1 + a] - 1) * strides[a] + 1 - ha - lo
+    pads.append((lo, hi))
+  dw = _loop_conv(xt, gt, tuple(rhs_dil), tuple(pads), tuple(lhs_dil), tuple(strides), groups,
+                  precision)
+  return jnp.transpose(dw, (1, 2, 0, 3))
+
+
+def _loop_conv_bwd(strides, padding, lhs_dil, rhs_dil, groups, precision, res, gy):
+  x, w = res
+  dx = _input_grad(gy, x.shape, w, strides, padding, lhs_dil, rhs_dil, groups, precision)
+  dw = _weight_grad(gy, x, w.shape, strides, padding, lhs_dil, rhs_dil, groups, precision)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_loop_conv.defvjp(_loop_conv_fwd, _loop_conv_bwd)
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+  if v is None:
+    return (1, 1)
+  if isinstance(v, int):
+    return (v, v)
+  v = tuple(int(e) for e in v)
+  if len(v) != 2:
+    raise ValueError(f"jdd.models.conv: {name} must have 2 entries (H, W), got {v}")
+  return v
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: str | Sequence[tuple[int, int]],
+                         lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> jax.Array:
+  """`lax.conv_general_dilated` for NHWC/HWIO/NHWC 2-D convs, with loop-friendly gradients.
+
+  Drop-in for `nn.Conv(..., conv_general_dilated=conv_general_dilated)`; see the module
+  docstring for what is supported and why.
+  """
+  if lhs.ndim != 4 or rhs.ndim != 4:
+    raise ValueError(f"jdd.models.conv supports 2-D convolutions (4-D operands), got lhs "
+                     f"{lhs.shape} and rhs {rhs.shape}")
+  if dimension_numbers is None:
+    raise ValueError("jdd.models.conv needs dimension_numbers=('NHWC', 'HWIO', 'NHWC'); got "
+                     "None (lax's default NCHW/OIHW layout is not supported)")
+  try:
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"jdd.models.conv: bad dimension_numbers {dimension_numbers!r}: {e}") from e
+  if dn != _canonical_numbers():
+    raise ValueError(f"jdd.models.conv supports only dimension_numbers {CANONICAL} (NHWC input, "
+                     f"HWIO kernel, NHWC output), got {dimension_numbers!r}; transpose your "
+                     "operands or use lax.conv_general_dilated")
+  if _pair(lhs_dilation, "lhs_dilation") != (1, 1):
+    raise ValueError(f"jdd.models.conv does not support lhs_dilation (transposed convs), got "
+                     f"{lhs_dilation}; use lax.conv_general_dilated")
+  if batch_group_count != 1:
+    raise ValueError(f"jdd.models.conv does not support batch_group_count, got "
+                     f"{batch_group_count}; use lax.conv_general_dilated")
+  if preferred_element_type is not None:
+    raise ValueError("jdd.models.conv does not support preferred_element_type; cast the "
+                     "operands instead")
+  groups = int(feature_group_count)
+  cin, cout = lhs.shape[3], rhs.shape[3]
+  if groups < 1 or cin % groups or cout % groups or rhs.shape[2] * groups != cin:
+    raise ValueError(f"jdd.models.conv: feature_group_count {groups} does not fit input "
+                     f"channels {cin}, kernel {rhs.shape} (HWIO, I = channels / groups)")
+  strides = _pair(window_strides, "window_strides")
+  rhs_dil = _pair(rhs_dilation, "rhs_dilation")
+  if isinstance(padding, str):
+    window = [(rhs.shape[a] - 1) * rhs_dil[a] + 1 for a in range(2)]
+    pads = lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
+  else:
+    pads = [tuple(int(e) for e in p) for p in padding]
+    if len(pads) != 2 or any(len(p) != 2 for p in pads):
+      raise ValueError(f"jdd.models.conv: padding must be 'SAME', 'VALID' or two (lo, hi) "
+                       f"pairs, got {padding!r}")
+  pads = tuple(tuple(int(e) for e in p) for p in pads)
+  return _loop_conv(lhs, rhs, strides, pads, (1, 1), rhs_dil, groups, precision)
