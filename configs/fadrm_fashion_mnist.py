@@ -29,7 +29,9 @@ What still differs from the reference, and why:
 - `evaluate.epochs` 200 at IPC 10 (cosine eta 2) and 60 at IPC 50 instead of CIFAR-100's 1000
   (CPU); not yet re-chosen from curves: each run's W/eval/curves.png shows whether validation
   has flattened (docs/fashion_mnist.md).
-Variants: `:plus=True`, `:ipc=N`, `:smoke` (what the tests run: stages 32 px then 28 px).
+Variants: `:plus=True`, `:ipc=N`, `:smoke` (what the tests run: stages 32 px then 28 px),
+`:demo` (label modes soft and hard only, 12 students instead of 18, as the SRe2L demo variant:
+a candidate for scripts/demo.sh, timed in docs/benchmarks.md).
 """
 
 from jdd.config import check_variant_keys, finalize, parse_arg
@@ -39,7 +41,7 @@ from jdd.configs.classification import teacher
 
 def get_config(arg=None):
   args = parse_arg(arg)
-  check_variant_keys(args, {"smoke", "ipc", "plus"}, "configs/fadrm_fashion_mnist")
+  check_variant_keys(args, {"smoke", "ipc", "plus", "demo"}, "configs/fadrm_fashion_mnist")
   c = fadrm.base_config(plus=bool(args.get("plus", False)))
   classification.fashion_mnist(c)
   teachers = {"convnet": teacher("convnet", {"width": 32, "depth": 3},
@@ -72,4 +74,6 @@ def get_config(arg=None):
     # 32 then 28 px: both give the ConvNet's 4x4 feature map (28 + 2 * 3 padding), so the
     # smoke run crosses a real change of resolution (upsampled, then ARC back to 28).
     c.recover.resolutions = (32, 28)
+  if args.get("demo"):
+    c.evaluate.label_modes = ("soft", "hard")
   return finalize(c)
