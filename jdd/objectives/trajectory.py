@@ -95,20 +95,15 @@ def _sgd(theta: dict, grads: dict, lrs: dict) -> dict:
           for m in MODALITIES}
 
 
-def _scan_unroll(theta: dict) -> int:
-  """`lax.scan`'s `unroll` for the student steps: a loop (1) on every backend.
-
-  Until 2026-12-05 the CPU backend fully unrolled the steps of convolutional students (MTT-VL's
-  and LoRS's NFNet), because XLA:CPU ran JAX's default convolution gradients 30-100x slower
-  inside a while loop; the unrolled program made LoRS at Flickr30K shapes outgrow 24 GiB. The
-  NFNet's convolutions now use `jdd.models.conv` (canonical-layout gradients, as fast in a loop
-  as outside one: `benchmarks/loop_conv.py`), and the loop is as fast as the unroll: LoRS TESLA
-  at 32 px, 41 pairs, 4 student steps (`benchmarks/trajectory_matching.py --which lors --modes
-  tesla --res 32 --pairs 41 --syn-steps 4`) 0.60 CPU s per iteration in the loop against 0.66
-  unrolled, compile 121 against 225 s, XLA buffers 190 against 369 MiB, the same loss.
-  `theta` is kept in the signature so that a backend-specific choice has one place to live."""
-  del theta
-  return 1
+# The student steps are a plain loop (`lax.scan`, unroll 1) on every backend.
+# Until 2026-12-05 the CPU backend fully unrolled the steps of convolutional students (MTT-VL's
+# and LoRS's NFNet), because XLA:CPU ran JAX's default convolution gradients 30-100x slower
+# inside a while loop; the unrolled program made LoRS at Flickr30K shapes outgrow 24 GiB. The
+# NFNet's convolutions now use `jdd.models.conv` (canonical-layout gradients, as fast in a loop
+# as outside one: `benchmarks/loop_conv.py`), and the loop is as fast as the unroll: LoRS TESLA
+# at 32 px, 41 pairs, 4 student steps (`benchmarks/trajectory_matching.py --which lors --modes
+# tesla --res 32 --pairs 41 --syn-steps 4`) 0.60 CPU s per iteration in the loop against 0.66
+# unrolled, compile 121 against 225 s, XLA buffers 190 against 369 MiB, the same loss.
 
 
 def unroll(loss_fn: StudentLoss, theta0: dict, data, lrs: dict, idx: jax.Array,
@@ -121,7 +116,7 @@ def unroll(loss_fn: StudentLoss, theta0: dict, data, lrs: dict, idx: jax.Array,
 
   if remat:
     body = jax.checkpoint(body)
-  return jax.lax.scan(body, theta0, (idx, keys), unroll=_scan_unroll(theta0))
+  return jax.lax.scan(body, theta0, (idx, keys))
 
 
 def exact_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data, lrs: dict,
@@ -155,8 +150,7 @@ def tesla_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data,
     return (_sgd(theta, g, lrs_c), jax.tree.map(jnp.add, gsum, g)), value
 
   zeros = jax.tree.map(jnp.zeros_like, theta0)
-  (_, gsum), inner = jax.lax.scan(pass1, (theta0, zeros), (idx, keys),
-                                  unroll=_scan_unroll(theta0))
+  (_, gsum), inner = jax.lax.scan(pass1, (theta0, zeros), (idx, keys))
   # theta_N = theta_0 - eta G, exactly the reference's expression for the distance.
   theta_n = {m: jax.tree.map(lambda p, g, lr=lrs_c[m]: p - lr * g, theta0[m], gsum[m])
              for m in MODALITIES}
@@ -177,7 +171,7 @@ def tesla_value_and_grad(loss_fn: StudentLoss, theta0: dict, target: dict, data,
     return (_sgd(theta, g, lrs_c), jax.tree.map(jnp.add, acc, gd)), None
 
   (_, g_data), _ = jax.lax.scan(pass2, (theta0, jax.tree.map(jnp.zeros_like, data_c)),
-                                (idx, keys), unroll=_scan_unroll(theta0))
+                                (idx, keys))
   g_lrs = {m: -2.0 * sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gsum[m]),
                                                          jax.tree.leaves(delta[m]))) / den[m]
            for m in MODALITIES}

@@ -79,7 +79,7 @@ def _stored_soft_labels(ctx: RunContext, name: str, images: np.ndarray, out_dir:
   spread = distributed.array_spreader(
       (fkd.steps_per_epoch(len(images), batch), batch, int(ctx.data.num_classes)), np.float16)
   mine = len(range(distributed.process_index(), epochs, distributed.process_count()))
-  progress = reporting.Progress(f"relabel:{name}", max(1, mine) if spread else epochs,
+  progress = reporting.Progress(f"relabel:{name}", max(1, mine),
                                 every=max(1, epochs // 5))
   soft = compute(images, epochs=epochs, batch_size=batch, order_key=ctx.keys["relabel_order"],
                  aug_key=ctx.keys["relabel_aug"], cfg=rc, mean=ctx.data.mean,
