@@ -223,7 +223,8 @@ def test_experts_spread_over_devices(tmp_path):
   experts shard each batch; the trajectories equal one device's to float rounding."""
   outs, records = [], []
   for n in (1, 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                                    f"--xla_force_host_platform_device_count={n}",
                JAX_PLATFORMS="cpu")
     out = tmp_path / f"traj{n}.npz"
     r = subprocess.run([sys.executable, "-c", _DEVICES, ROOT, str(tmp_path / f"w{n}"), str(out)],

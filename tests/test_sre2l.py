@@ -107,7 +107,8 @@ np.save(sys.argv[2], np.asarray(state.images))
 def test_one_and_four_devices_agree(tmp_path):
   outs = []
   for n in (1, 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                                    f"--xla_force_host_platform_device_count={n}",
                JAX_PLATFORMS="cpu")
     out = tmp_path / f"images{n}.npy"
     r = subprocess.run([sys.executable, "-c", _MULTI, ROOT, str(out)], env=env,
