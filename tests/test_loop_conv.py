@@ -165,3 +165,27 @@ def test_vmap_over_students_matches_lax():
   (gx0, gw0), (gx1, gw1) = f(x, w)
   _close(gx0, gx1)
   _close(gw0, gw1)
+
+
+def test_frozen_kernels_are_reversed_one_layer_at_a_time():
+  """The input gradient through frozen convs holds one reversed kernel at a time, not one per
+  layer made up front (what XLA:CPU's scheduler does with lax's own transpose rule): the
+  compiled program's temporaries stay under two kernels plus the activations, for 8 layers."""
+  layers, c, s = 8, 128, 4
+  rs = np.random.RandomState(0)
+  ws = [jnp.asarray(rs.randn(3, 3, c, c).astype(np.float32) * 0.05) for _ in range(layers)]
+  x = jnp.asarray(rs.randn(2, s, s, c).astype(np.float32))
+
+  def net(conv):
+    def f(x, ws):
+      for w in ws:
+        x = jax.nn.silu(conv(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+      return jnp.sum(x ** 2)
+    return jax.jit(jax.grad(f))   # gradient for x only: the kernels are frozen
+
+  kernel_bytes = 9 * c * c * 4
+  act_bytes = x.size * 4
+  temp = net(loop_conv).lower(x, ws).compile().memory_analysis().temp_size_in_bytes
+  assert temp < 2 * kernel_bytes + 4 * layers * act_bytes, (temp, kernel_bytes)
+  np.testing.assert_allclose(net(loop_conv)(x, ws), net(lax.conv_general_dilated)(x, ws),
+                             rtol=1e-5, atol=1e-6)

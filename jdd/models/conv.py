@@ -28,6 +28,15 @@ convolutions in the canonical layout, i.e. the program XLA itself builds outside
   transposed to HWIO. For G > 1 this is G times less work than what XLA emits outside loops
   (a 3-D conv over a lhs-dilated group axis whose work equals the dense weight gradient's).
 
+Memory. The reversed, regrouped kernel of the input gradient depends only on the weights, so
+XLA's scheduler is free to compute every layer's copy at the start of the backward pass, and on
+XLA:CPU it does: a frozen network's input gradient then holds a second copy of all its kernels at
+once (12 3x3 convs of 512 channels: 110.9 MiB of temporaries, 108 MiB of them kernels; EDGE's
+SD-1.5 U-Net: 5.4 GB of reversed kernels, `benchmarks/paper_shapes.py`'s edge rows). The
+backward makes the kernel depend on the cotangent first (`jdd.models.remat.after`), so each
+copy is made when its layer's gradient arrives and freed after it: 11.9 MiB for the same 12
+convs, the same gradient values (`lax.optimization_barrier` did not do it).
+
 Both backward convolutions go through the same custom rule (with lhs dilation, which the
 transposes need), so gradients of gradients (TESLA's second pass) stay canonical too. The
 padding of the transposed convolutions is derived here, per spatial axis, for input size H
@@ -46,6 +55,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jdd.models.remat import after
 
 CANONICAL = ("NHWC", "HWIO", "NHWC")
 
@@ -70,6 +81,7 @@ def _loop_conv_fwd(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
 
 
 def _input_grad(gy, x_shape, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
+  w = after(w, gy)   # see "Memory" in the module docstring
   kh, kw, cig, cout = w.shape
   cog = cout // groups
   wt = jnp.flip(w, (0, 1)).reshape(kh, kw, cig, groups, cog)
