@@ -27,7 +27,8 @@ EXPORTED = ("images.npy", "labels.npy", "soft_labels.npy")
 def _env(devices: int | None = None) -> dict:
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   if devices:
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={devices}")
   return env
 
 

@@ -129,6 +129,11 @@ def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+# Built once, not per call: each layer's trace then reuses the same rules.
+_REMAT_BLOCK = remat(_attention_block)          # one block: no loop to keep it apart
+_CHECKPOINT_BLOCK = jax.checkpoint(_attention_block)   # blocks inside lax.map
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int) -> jax.Array:
   """Multi-head softmax(q k^T / sqrt(d)) v on (B, L, heads*d) inputs, in float32.
 
@@ -146,11 +151,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int) -> jax.Array
   q, k, v = split(q), split(k), split(v)
   size = max(n for n in range(1, min(lq, ATTENTION_BLOCK) + 1) if lq % n == 0)
   if size == lq:
-    out = remat(_attention_block)(q, k, v)
+    out = _REMAT_BLOCK(q, k, v)
   else:
     chunks = jnp.moveaxis(q.reshape(b, lq // size, size, heads, d), 1, 0)
-    block = jax.checkpoint(_attention_block)
-    out = jax.lax.map(lambda qc: block(qc, k, v), chunks)
+    out = jax.lax.map(lambda qc: _CHECKPOINT_BLOCK(qc, k, v), chunks)
     out = jnp.moveaxis(out, 0, 1)
   return out.reshape(b, lq, inner).astype(dtype)
 
