@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jdd.models.conv import SPLIT_GROUPS_UP_TO
 from jdd.models.conv import conv_general_dilated as loop_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -61,7 +62,10 @@ def test_value_and_gradients_match_lax(k, s, p, d, g):
     return out
 
   (y0, dx0, dw0), (y1, dx1, dw1) = both(x, w)
-  np.testing.assert_array_equal(y1, y0)    # the forward is lax's, unchanged
+  if 1 < g <= SPLIT_GROUPS_UP_TO:   # maybe one dense conv per group: the same sums, reordered
+    _close(y0, y1, 1e-6)
+  else:
+    np.testing.assert_array_equal(y1, y0)    # the forward is lax's, unchanged
   _close(dx0, dx1)
   _close(dw0, dw1)
 
@@ -206,3 +210,19 @@ def test_grad_of_grad_pads_no_more_than_the_kernel(s, g):
   pads = [int(v) for line in convs for m in [re.search(r"pad=(\S+)", line)] if m
           for v in re.findall(r"-?\d+", m.group(1))]
   assert len(convs) >= 5 and max(pads) <= 2, convs
+
+
+@pytest.mark.parametrize("s,g", [(1, 2), (2, 4)])
+def test_split_groups_match_lax(s, g):
+  """A grouped conv of >= 4 channels per group runs as one dense conv per group (XLA:CPU's
+  grouped conv took 2.6x torch's CPU time); values, gradients and gradients of gradients."""
+  x, w, g, kc = _operands(3, g, shape=(2, 9, 11, 16), cout=16)
+  ref, new = _convs(s, "SAME", 1, g)
+  text = jax.jit(new).lower(x, w).as_text()
+  groups = re.findall(r"feature_group_count = (\d+)", text)
+  assert groups == ["1"] * g, groups
+  c = jax.random.normal(kc, ref(x, w).shape)
+  f = jax.jit(lambda x, w: [(conv(x, w), *jax.vjp(conv, x, w)[1](c), *_second_order(conv, x, w, c))
+                            for conv in (ref, new)])
+  for a, b in zip(*f(x, w)):
+    _close(a, b, 1e-4)
