@@ -23,6 +23,7 @@ are the ones before a train-mode update, which is what `jdd.models.bn.BatchNorm`
 from __future__ import annotations
 
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -156,9 +157,19 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
     # which the next run (e.g. the float64 reference) would otherwise start from.
     t = torch_recover_terms(copy.deepcopy(torch_model), x, targets, train)
     j = jax_recover_terms(jax_model, variables, x_nhwc, jnp.asarray(targets.numpy()), train)
-    torch64 = lambda: torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(),
-                                          targets, train)
-    t64 = None
+
+    # The float64 references, each computed at most once per mode, when a check needs it.
+    @functools.cache
+    def torch64():
+      return torch_recover_terms(copy.deepcopy(torch_model).double(), x.double(), targets, train)
+
+    @functools.cache
+    def jdd64():
+      with jax.enable_x64(True):
+        m64, v64 = float64_model(jax_model, variables)
+        return jax_recover_terms(m64, v64, jnp.asarray(x_nhwc, jnp.float64),
+                                 jnp.asarray(targets.numpy()), train)
+
     # Train-mode logits of a deep net normalise each layer over few values (ResNet-50 at 64 px
     # and batch 4: 16 per channel in the last stage), so each layer amplifies float32 rounding:
     # torch float32 is then 4.6e-5 of the scale off its float64 logits, and jdd 4.2e-5 when
@@ -170,11 +181,7 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
     if np.abs(j["logits"] - t["logits"]).max() <= logits_tol * logits_scale:
       assert_rel(j["logits"], t["logits"], logits_tol, f"{mode} logits")
     else:
-      t64 = torch64()
-      with jax.enable_x64(True):
-        m64, v64 = float64_model(jax_model, variables)
-        j64 = jax_recover_terms(m64, v64, jnp.asarray(x_nhwc, jnp.float64),
-                                jnp.asarray(targets.numpy()), train)
+      t64, j64 = torch64(), jdd64()
       # jdd's classifiers pool and return logits in float32 (their mixed-precision rule), so
       # the float64 run still rounds there once: 1e-6, not float64's 1e-12.
       assert_rel(j64["logits"], t64["logits"], 1e-6, f"{mode} logits, float64 both")
@@ -191,10 +198,7 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
                                  err_msg=f"{mode} BN input var #{i}")
     scale32 = max(np.abs(t["grad"]).max(), 1e-12)
     if grad_in_float64:
-      with jax.enable_x64(True):
-        m64, v64 = float64_model(jax_model, variables)
-        j64 = jax_recover_terms(m64, v64, jnp.asarray(x_nhwc, jnp.float64),
-                                jnp.asarray(targets.numpy()), train)
+      j64 = jdd64()
       assert j64["grad"].dtype == np.float64
       assert_rel(j64["grad"], torch64()["grad"], grad_tol, f"{mode} input gradient, float64 both")
     # The input gradient can be ill-conditioned (train-mode statistics over few values, deep
@@ -202,7 +206,7 @@ def check_parity(torch_model, jax_model, variables, *, image_hw, batch=4, num_cl
     # reference is then torch float64, with a tolerance of twice torch float32's own error.
     # Train mode always takes that path; eval mode only when the float32 comparison fails.
     elif train or np.abs(j["grad"] - t["grad"]).max() > grad_tol * scale32:
-      t64 = torch64() if t64 is None else t64
+      t64 = torch64()
       scale = np.abs(t64["grad"]).max()
       torch_err = np.abs(t["grad"] - t64["grad"]).max() / scale
       assert_rel(j["grad"], t64["grad"], max(grad_tol, 2 * torch_err),
