@@ -5,7 +5,8 @@
                           one message), takes the workdir's lock (`jdd.lock`: one run per
                           workdir), prints the header line, loads the dataset (a missing one
                           stops the run at once) and checks the config again with its exact
-                          numbers, writes W/config.json, builds the run context
+                          numbers, refuses a workdir whose config.json holds another config
+                          (`check_same_config`), writes W/config.json, builds the run context
                           (jdd.loop.RunContext), runs the driver's stages, writes
                           W/results.json, prints the driver's summary and where the outputs are.
 
@@ -13,7 +14,11 @@ The drivers (`jdd.drivers.classification`, `.trajectory`, `.generative`) sit sid
 none imports another; `jdd.drivers` says what a driver provides. A checkpoint in the workdir
 means resume: a run killed at any moment and restarted with the same command continues from its
 last checkpoint and ends with the same distilled set, bit for bit, because every random draw is
-`fold_in(key, step)` of the config's seed.
+`fold_in(key, step)` of the config's seed. Stages resume by what the workdir already holds (a
+teacher, a recovered set, a student's result), so a workdir serves one config: a run with another
+config stops at once and names the fields that differ, instead of reusing outputs of the old config
+beside new ones. Fields that only say where inputs live or how often to log and save
+(`RESUME_MAY_CHANGE`) may change between the runs of one workdir.
 
 With several processes (`jdd.distributed`, `docs/multihost.md`) every process runs this same
 function over one mesh of all their devices; process 0 holds the lock, writes the files and
@@ -56,11 +61,67 @@ def validate(config):
   return driver, validation.check(config, FAMILIES[driver], driver.check)
 
 
+# Config fields that do not change what a run computes: how often it logs and checkpoints, the
+# debug switches (tests interrupt and resume), the device count, and where inputs are read from
+# (a dataset moved to another disk). Prefixes of dotted field names.
+RESUME_MAY_CHANGE = ("debug", "log_every", "checkpoint_every", "num_devices", "teacher_cache",
+                     "dataset.data_dir", "dataset.root", "dataset.image_root", "dataset.ann_dir",
+                     "dataset.cache_mb", "text_encoder.cache_dir")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def config_differences(before: dict, now: dict) -> list[str]:
+  """'field: before -> now' for each field (outside `RESUME_MAY_CHANGE`) whose value differs
+  between two config.json trees; a field missing on one side reads '(absent)'."""
+  old, new = _flat(before), _flat(now)
+  lines = []
+  for key in sorted(set(old) | set(new)):
+    if any(key == p or key.startswith(p + ".") for p in RESUME_MAY_CHANGE):
+      continue
+    if old.get(key, "(absent)") != new.get(key, "(absent)"):
+      lines.append(f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}")
+  return lines
+
+
+def check_same_config(workdir: str, config_json: dict) -> None:
+  """Raises ConfigError when W/config.json (an earlier run here) holds another config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    before = checkpoint.read_json(path)
+  except ValueError as e:
+    raise ConfigError(f"{path} is not readable JSON ({e}); it records the config of the run in "
+                      "this workdir. Restore it, or use a new --workdir.") from e
+  diffs = config_differences(before, config_json)
+  if not diffs:
+    return
+  shown = "; ".join(diffs[:12]) + (f"; and {len(diffs) - 12} more" if len(diffs) > 12 else "")
+  raise ConfigError(
+      f"workdir {workdir} holds a run of another config ({path}); resuming it would reuse that "
+      f"run's finished stages beside this config's. Fields that differ (workdir -> now): "
+      f"{shown}. Use a new --workdir for this config, or rerun with the workdir's values.")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of `config` in `workdir` (resuming) and returns the results dict."""
   t0 = time.time()
   driver, facts = validate(config)
+  config_json = json.loads(config.to_json_best_effort())
   with lock.hold(workdir):
+    said = distributed.broadcast_json("config_check", lambda: _config_check_message(workdir,
+                                                                                     config_json))
+    if said:
+      raise ConfigError(said)
     mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
     procs = (f" over {jax.process_count()} processes (this is process {jax.process_index()})"
              if distributed.is_multiprocess() else "")
@@ -68,8 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{jax.devices()[0].platform}{procs}; workdir {workdir}", flush=True)
     data = driver.load_data(config)
     validation.check_loaded(config, FAMILIES[driver], data, facts)
-    checkpoint.atomic_write_json(os.path.join(workdir, "config.json"),
-                                 json.loads(config.to_json_best_effort()))
+    checkpoint.atomic_write_json(os.path.join(workdir, "config.json"), config_json)
     ctx = RunContext.create(config, workdir, data, mesh=mesh)
     with jax.set_mesh(mesh):
       results = driver.run(ctx)
@@ -81,6 +141,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       driver.print_summary(results)
       print_outputs(workdir, time.time() - t0)
   return results
+
+
+def _config_check_message(workdir: str, config_json: dict) -> str:
+  """`check_same_config`'s message, or '' (process 0 checks; every process stops with it)."""
+  try:
+    check_same_config(workdir, config_json)
+  except ConfigError as e:
+    return str(e)
+  return ""
 
 
 OUTPUTS = (("export", "the distilled set and its manifest.json"),

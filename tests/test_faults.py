@@ -90,6 +90,41 @@ def test_a_run_that_wrote_nothing_leaves_no_workdir(tmp_path):
   assert os.path.isdir(workdir)
 
 
+# --------------------------------------------------------------------------- one config per workdir
+def test_config_differences_names_result_fields_and_ignores_logging_and_paths():
+  from jdd.run import config_differences
+  before = {"seed": 0, "log_every": 10, "debug": {"interrupt_after": 0},
+            "dataset": {"name": "fashion_mnist", "data_dir": "/a"},
+            "recover": {"iterations": 1000, "lr": 0.25}}
+  now = {"seed": 0, "log_every": 50, "debug": {"interrupt_after": 7},
+         "dataset": {"name": "fashion_mnist", "data_dir": "/b"},
+         "recover": {"iterations": 500, "lr": 0.25, "new_field": 1}}
+  assert config_differences(before, now) == [
+      "recover.iterations: 1000 -> 500", "recover.new_field: '(absent)' -> 1"]
+  assert config_differences(before, before) == []
+
+
+def test_a_workdir_of_another_config_is_refused_and_kept(tmp_path):
+  workdir = str(tmp_path / "w")
+  os.makedirs(workdir)
+  args = [sys.executable, "-m", "jdd.main", "--config", CONFIG + ":smoke", "--workdir", workdir]
+  # The config.json an earlier run with --config.recover.iterations=7 would have written.
+  dump = subprocess.run(
+      [sys.executable, "-c", "import json, sys; from ml_collections import config_flags; "
+       "from absl import flags; config_flags.DEFINE_config_file('config'); "
+       "flags.FLAGS(sys.argv); print(flags.FLAGS.config.to_json_best_effort())",
+       "--config", CONFIG + ":smoke", "--config.recover.iterations=7"],
+      env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+  before = json.loads(dump)
+  checkpoint.atomic_write_json(os.path.join(workdir, "config.json"), before)
+  r = subprocess.run(args, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2, r.stderr
+  assert "holds a run of another config" in r.stderr and "Traceback" not in r.stderr
+  assert "recover.iterations: 7 -> 20" in r.stderr and "new --workdir" in r.stderr
+  assert json.load(open(os.path.join(workdir, "config.json"))) == before   # left as it was
+  assert sorted(os.listdir(workdir)) == [".lock", "config.json"]          # nothing else written
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _state(step):
   return {"w": jnp.arange(4000.0) * step, "step": np.asarray(step, np.int32)}
