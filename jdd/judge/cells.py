@@ -192,9 +192,10 @@ CELLS += [
          hardware="2 CPU cores", time="6 min 30 s", random="r_mean 7.97 ± 0.48", offline=True,
          jdd="r_mean 13.46 ± 0.92"),
     Cell("offline-edge-shapes", "offline", "configs/edge_shapes.py",
-         "shapes_captions, 100 pairs at 64 px (jdd's measurement)", {"r_mean": (2.63, 0.10)},
-         "edge.md (measured)", hardware="2 CPU cores", time="13 min 44 s",
-         random="r_mean 6.09 ± 1.43", offline=True, jdd="r_mean 2.63 ± 0.10"),
+         "shapes_captions, 100 pairs at 64 px, EDGE's protocol (jdd's measurement, 2026-12-06)",
+         {"r_mean": (6.94, 0.58)}, "edge.md (measured)", hardware="2 CPU cores",
+         time="1 h 49 min on a shared machine (6,344 CPU s)", random="r_mean 11.79 ± 2.46",
+         offline=True, jdd="r_mean 6.94 ± 0.58"),
 ]
 
 

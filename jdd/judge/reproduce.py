@@ -238,8 +238,8 @@ FAMILIES = {
                 "measurement (mean ± std over 3 seeds, test recalls at the val-selected epoch), "
                 "so `jdd reproduce <id>` checks that jdd still reproduces itself. The "
                 "Fashion-MNIST configs' numbers are in [fashion_mnist.md](fashion_mnist.md) "
-                "(their re-measurement under issue 15's protocol is pending, so they are not "
-                "cells yet)."),
+                "(ten rows under issue 15's protocol, each with its command; not cells here, "
+                "since their verdicts compare with a random subset, not with one number)."),
 }
 
 
