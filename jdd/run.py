@@ -3,10 +3,10 @@
     run(config, workdir)  validates the config against its dataset and method before any data
                           is read (`jdd.validation`: a bad field stops the run in seconds with
                           one message), takes the workdir's lock (`jdd.lock`: one run per
-                          workdir), prints the header line, loads the dataset (a missing one
-                          stops the run at once) and checks the config again with its exact
-                          numbers, refuses a workdir whose config.json holds another config
-                          (`check_same_config`), writes W/config.json, builds the run context
+                          workdir), refuses a workdir whose config.json holds another config
+                          (`check_same_config`), prints the header line, loads the dataset (a
+                          missing one stops the run at once) and checks the config again with
+                          its exact numbers, writes W/config.json, builds the run context
                           (jdd.loop.RunContext), runs the driver's stages, writes
                           W/results.json, prints the driver's summary and where the outputs are.
 
