@@ -77,10 +77,11 @@ def unwrap_state_dict(obj: Any) -> dict[str, np.ndarray]:
   return out
 
 
-def _flatten(tree, prefix=()):
+def flatten(tree, prefix=()):
+  """(path tuple, leaf) for every leaf of a nested mapping."""
   if isinstance(tree, Mapping):
     for k, v in tree.items():
-      yield from _flatten(v, prefix + (str(k),))
+      yield from flatten(v, prefix + (str(k),))
   else:
     yield prefix, tree
 
@@ -108,7 +109,7 @@ def convert_state_dict(template: Mapping, state_dict: Mapping[str, np.ndarray],
   """Flax variables shaped like `template` (arrays or ShapeDtypeStructs) from `state_dict`."""
   flat = {}
   missing, misshaped, used = [], [], set()
-  for path, leaf in _flatten(template):
+  for path, leaf in flatten(template):
     mapped = torch_key(path)
     key, fn = mapped if isinstance(mapped, tuple) else (mapped, None)
     if key not in state_dict:
@@ -130,7 +131,7 @@ def convert_state_dict(template: Mapping, state_dict: Mapping[str, np.ndarray],
 def to_state_dict(variables: Mapping, torch_key: Callable[[tuple[str, ...]], Any]) -> dict:
   """The inverse for the default transforms: jdd variables -> torch-named numpy arrays."""
   out = {}
-  for path, leaf in _flatten(variables):
+  for path, leaf in flatten(variables):
     mapped = torch_key(path)
     key = mapped[0] if isinstance(mapped, tuple) else mapped
     value = np.asarray(leaf)

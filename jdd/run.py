@@ -4,7 +4,7 @@
                           is read (`jdd.validation`: a bad field stops the run in seconds with
                           one message), takes the workdir's lock (`jdd.lock`: one run per
                           workdir), refuses a workdir whose config.json holds another config
-                          (`check_same_config`), prints the header line, loads the dataset (a
+                          (`config_mismatch`), prints the header line, loads the dataset (a
                           missing one stops the run at once) and checks the config again with
                           its exact numbers, writes W/config.json, builds the run context
                           (jdd.loop.RunContext), runs the driver's stages, writes
@@ -36,6 +36,7 @@ import jax
 import ml_collections
 
 from jdd import checkpoint, distributed, lock, mesh as mesh_lib, validation
+from jdd.convert import flatten
 from jdd.drivers import classification, generative, trajectory
 from jdd.errors import ConfigError
 from jdd.loop import RunContext
@@ -69,47 +70,39 @@ RESUME_MAY_CHANGE = ("debug", "log_every", "checkpoint_every", "num_devices", "t
                      "dataset.cache_mb", "text_encoder.cache_dir")
 
 
-def _flat(tree, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = value
-  return out
-
-
 def config_differences(before: dict, now: dict) -> list[str]:
   """'field: before -> now' for each field (outside `RESUME_MAY_CHANGE`) whose value differs
   between two config.json trees; a field missing on one side reads '(absent)'."""
-  old, new = _flat(before), _flat(now)
+  old, new = ({".".join(path): v for path, v in flatten(tree)} for tree in (before, now))
   lines = []
   for key in sorted(set(old) | set(new)):
     if any(key == p or key.startswith(p + ".") for p in RESUME_MAY_CHANGE):
       continue
-    if old.get(key, "(absent)") != new.get(key, "(absent)"):
-      lines.append(f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}")
+    a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+    if a != b:
+      lines.append(f"{key}: {a!r} -> {b!r}")
   return lines
 
 
-def check_same_config(workdir: str, config_json: dict) -> None:
-  """Raises ConfigError when W/config.json (an earlier run here) holds another config."""
+def config_mismatch(workdir: str, config_json: dict) -> str:
+  """Why this workdir cannot take `config_json`: W/config.json (an earlier run here) holds
+  another config, or cannot be read. '' when it may (no config.json, or the same config)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    return
+    return ""
   try:
     before = checkpoint.read_json(path)
   except ValueError as e:
-    raise ConfigError(f"{path} is not readable JSON ({e}); it records the config of the run in "
-                      "this workdir. Restore it, or use a new --workdir.") from e
+    return (f"{path} is not readable JSON ({e}); it records the config of the run in this "
+            "workdir. Restore it, or use a new --workdir.")
   diffs = config_differences(before, config_json)
   if not diffs:
-    return
+    return ""
   shown = "; ".join(diffs[:12]) + (f"; and {len(diffs) - 12} more" if len(diffs) > 12 else "")
-  raise ConfigError(
-      f"workdir {workdir} holds a run of another config ({path}); resuming it would reuse that "
-      f"run's finished stages beside this config's. Fields that differ (workdir -> now): "
-      f"{shown}. Use a new --workdir for this config, or rerun with the workdir's values.")
+  return (f"workdir {workdir} holds a run of another config ({path}); resuming it would reuse "
+          f"that run's finished stages beside this config's. Fields that differ (workdir -> "
+          f"now): {shown}. Use a new --workdir for this config, or rerun with the workdir's "
+          "values.")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -118,10 +111,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   driver, facts = validate(config)
   config_json = json.loads(config.to_json_best_effort())
   with lock.hold(workdir):
-    said = distributed.broadcast_json("config_check", lambda: _config_check_message(workdir,
-                                                                                     config_json))
-    if said:
-      raise ConfigError(said)
+    # Process 0 checks; every process stops with its message.
+    mismatch = distributed.broadcast_json("config_check",
+                                          lambda: config_mismatch(workdir, config_json))
+    if mismatch:
+      raise ConfigError(mismatch)
     mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
     procs = (f" over {jax.process_count()} processes (this is process {jax.process_index()})"
              if distributed.is_multiprocess() else "")
@@ -141,15 +135,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       driver.print_summary(results)
       print_outputs(workdir, time.time() - t0)
   return results
-
-
-def _config_check_message(workdir: str, config_json: dict) -> str:
-  """`check_same_config`'s message, or '' (process 0 checks; every process stops with it)."""
-  try:
-    check_same_config(workdir, config_json)
-  except ConfigError as e:
-    return str(e)
-  return ""
 
 
 OUTPUTS = (("export", "the distilled set and its manifest.json"),

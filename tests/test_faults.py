@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jdd import checkpoint, errors, export, lock
+from jdd.config import load_config, override
 from jdd.loop import RunContext, SimulatedInterruption, make_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,13 +110,8 @@ def test_a_workdir_of_another_config_is_refused_and_kept(tmp_path):
   os.makedirs(workdir)
   args = [sys.executable, "-m", "jdd.main", "--config", CONFIG + ":smoke", "--workdir", workdir]
   # The config.json an earlier run with --config.recover.iterations=7 would have written.
-  dump = subprocess.run(
-      [sys.executable, "-c", "import json, sys; from ml_collections import config_flags; "
-       "from absl import flags; config_flags.DEFINE_config_file('config'); "
-       "flags.FLAGS(sys.argv); print(flags.FLAGS.config.to_json_best_effort())",
-       "--config", CONFIG + ":smoke", "--config.recover.iterations=7"],
-      env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
-  before = json.loads(dump)
+  before = json.loads(override(load_config(CONFIG + ":smoke"),
+                               **{"recover.iterations": 7}).to_json_best_effort())
   checkpoint.atomic_write_json(os.path.join(workdir, "config.json"), before)
   r = subprocess.run(args, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 2, r.stderr
