@@ -50,6 +50,14 @@ padding of the transposed convolutions is derived here, per spatial axis, for in
 (lo, hi) and output size Ho: input gradient pads (Kd-1-lo, Ha-1-(Ho-1)s+lo) with lhs dilation
 s and stride a; weight gradient pads (lo, (K-1)d+(Ho-1)s+1-Ha-lo), possibly negative, which XLA
 accepts (it crops).
+
+Higher orders. A derivative of second order also differentiates each custom rule's `fwd`
+(JAX applies the custom VJP to the first derivative only). So the three `fwd` rules call the
+custom functions themselves rather than the raw convolutions; when they called the raw
+`lax.conv_general_dilated`, the outer derivative of an exact trajectory gradient (through the
+student's weights) got JAX's own weight-gradient transposes (`f01b_i01o->01bf`), which XLA:CPU
+runs at about 1 GFLOP/s: LoRS's exact gradient at 64 px took 41 s per iteration against
+TESLA's 9.9 (`benchmarks/paper_shapes.py`'s `lors_exact` row, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -108,7 +116,10 @@ def _loop_conv(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
 
 
 def _loop_conv_fwd(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision):
-  return _conv(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision), (x, w)
+  # The fwd rules call the custom functions themselves, not the raw convolutions: a derivative
+  # of higher order differentiates the fwd, and through a raw `lax` convolution it would get
+  # JAX's own transposes (module docstring, "Higher orders").
+  return _loop_conv(x, w, strides, padding, lhs_dil, rhs_dil, groups, precision), (x, w)
 
 
 def _loop_conv_bwd(strides, padding, lhs_dil, rhs_dil, groups, precision, res, gy):
@@ -162,7 +173,7 @@ def _input_grad(gy, w, x_shape, strides, padding, lhs_dil, rhs_dil, groups, prec
 
 
 def _input_grad_fwd(gy, w, *cfg):
-  return _input_grad_conv(gy, w, *cfg), (gy, w)
+  return _input_grad(gy, w, *cfg), (gy, w)
 
 
 def _input_grad_bwd(x_shape, *rest):
@@ -180,7 +191,7 @@ def _weight_grad(x, gy, w_shape, strides, padding, lhs_dil, rhs_dil, groups, pre
 
 
 def _weight_grad_fwd(x, gy, *cfg):
-  return _weight_grad_conv(x, gy, *cfg), (x, gy)
+  return _weight_grad(x, gy, *cfg), (x, gy)
 
 
 def _weight_grad_bwd(w_shape, *rest):
