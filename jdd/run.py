@@ -63,11 +63,12 @@ def validate(config):
 
 
 # Config fields that do not change what a run computes: how often it logs and checkpoints, the
-# debug switches (tests interrupt and resume), the device count, and where inputs are read from
-# (a dataset moved to another disk). Prefixes of dotted field names.
+# debug switches (tests interrupt and resume), the device count, trajectory matching's
+# rematerialisation (memory against recomputation, the same gradient), and where inputs are read
+# from (a dataset moved to another disk). Prefixes of dotted field names.
 RESUME_MAY_CHANGE = ("debug", "log_every", "checkpoint_every", "num_devices", "teacher_cache",
-                     "dataset.data_dir", "dataset.root", "dataset.image_root", "dataset.ann_dir",
-                     "dataset.cache_mb", "text_encoder.cache_dir")
+                     "distill.remat", "dataset.data_dir", "dataset.root", "dataset.image_root",
+                     "dataset.ann_dir", "dataset.cache_mb", "text_encoder.cache_dir")
 
 
 def config_differences(before: dict, now: dict) -> list[str]:

@@ -96,10 +96,12 @@ def test_config_differences_names_result_fields_and_ignores_logging_and_paths():
   from jdd.run import config_differences
   before = {"seed": 0, "log_every": 10, "debug": {"interrupt_after": 0},
             "dataset": {"name": "fashion_mnist", "data_dir": "/a"},
-            "recover": {"iterations": 1000, "lr": 0.25}}
+            "recover": {"iterations": 1000, "lr": 0.25},
+            "distill": {"remat": False, "syn_steps": 8}}
   now = {"seed": 0, "log_every": 50, "debug": {"interrupt_after": 7},
          "dataset": {"name": "fashion_mnist", "data_dir": "/b"},
-         "recover": {"iterations": 500, "lr": 0.25, "new_field": 1}}
+         "recover": {"iterations": 500, "lr": 0.25, "new_field": 1},
+         "distill": {"remat": True, "syn_steps": 8}}     # remat: the same gradient
   assert config_differences(before, now) == [
       "recover.iterations: 1000 -> 500", "recover.new_field: '(absent)' -> 1"]
   assert config_differences(before, before) == []
