@@ -131,10 +131,15 @@ def shapes(row: Row, scale: float, tiny: bool, device: str, edge_batch: int) -> 
     encoder = TINY_NFNET if tiny else {}      # {}: NFNet-L0 (jdd's and timm's defaults)
     setting = dict(which=row.opt("which"), res=res, pairs=pairs, syn_steps=steps,
                    mini_batch=batch, encoder=encoder)
+    mode = row.opt("mode")
+    if mode == "exact":   # jdd's default distill.remat; the PyTorch loop recomputes alike
+      mode_text = "exact, each student step recomputed in the backward pass"
+    else:
+      mode_text = mode
     text = (f"{'NFNet (tiny)' if tiny else 'NFNet-L0'} at {res} px, {pairs - 1} pairs, 768-d "
-            f"texts, mini-batch {batch}, {steps or 8} student steps, {row.opt('mode')}")
-    return dict(kind="tm", mode=row.opt("mode"), setting=setting, batch=batch, tiny=tiny,
-                text=text)
+            f"texts, mini-batch {batch}, {steps or 8} student steps, {mode_text}")
+    return dict(kind="tm", mode=mode, setting=setting, batch=batch, tiny=tiny, text=text,
+                torch_mode="exact_remat" if mode == "exact" else mode)
   px = row.opt("px") // 16 if tiny else row.opt("px")
   note = ""
   if device == "cpu" and not tiny:

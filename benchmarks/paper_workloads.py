@@ -228,7 +228,7 @@ def torch_workload(sh: dict, device: str):
     tmb, s = tm_setting(sh)
     meta = tmb.problem_meta(s)
     iteration, _ = ref.make_tm_iteration(ref.tm_inputs(meta, iters=64), meta,
-                                         grad_mode=sh["mode"], device=dev)
+                                         grad_mode=sh["torch_mode"], device=dev)
     count = [0]
 
     def run():

@@ -264,6 +264,37 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
     loss.backward()
     return loss
 
+  def exact_remat(it, idx):
+    # The exact gradient with each student step recomputed in the backward pass (jdd's
+    # `distill.remat`): pass 1 keeps only theta_k and the RNG state before each step; going
+    # back, step k is re-run with its graph and the cotangent of theta_{k+1} is pulled back to
+    # theta_k, the data and the lrs (the Hessian terms included), so memory holds one step.
+    detached = {k: v.detach() for k, v in leaf.items()}
+    theta, thetas, states = {m: start[m].clone() for m in students}, [], []
+    for k in range(meta["syn_steps"]):
+      thetas.append(theta)
+      states.append(torch.get_rng_state())
+      th = {m: theta[m].clone().requires_grad_(True) for m in students}
+      grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], detached),
+                                  [th["image"], th["text"]])
+      theta = {m: (theta[m] - float(leaf[f"lr_{m}"]) * g).detach()
+               for m, g in zip(modalities, grads)}
+    end = {m: theta[m].requires_grad_(True) for m in students}
+    loss = sum(torch.sum((end[m] - target[m]) ** 2) / den[m] for m in students)
+    cot = dict(zip(modalities, torch.autograd.grad(loss, [end["image"], end["text"]])))
+    rng = torch.get_rng_state()
+    for k in reversed(range(meta["syn_steps"])):
+      torch.set_rng_state(states[k])                           # the same dropout masks
+      th = {m: thetas[k][m].clone().requires_grad_(True) for m in students}
+      grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], leaf),
+                                  [th["image"], th["text"]], create_graph=True)
+      new = [th[m] - leaf[f"lr_{m}"] * g for m, g in zip(modalities, grads)]
+      torch.autograd.backward(new, [cot[m] for m in modalities],
+                              inputs=[th["image"], th["text"]] + list(leaf.values()))
+      cot = {m: th[m].grad for m in modalities}
+    torch.set_rng_state(rng)
+    return loss.detach()
+
   def tesla(it, idx):
     detached = {k: v.detach() for k, v in leaf.items()}
     lrs = {"image": float(leaf["lr_image"]), "text": float(leaf["lr_text"])}
@@ -292,7 +323,7 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
   def iteration(it):
     idx = torch.from_numpy(np.asarray(arrays["idx"][it], np.int64)).to(device)
     opt.zero_grad()
-    loss = (exact if grad_mode == "exact" else tesla)(it, idx)
+    loss = {"exact": exact, "exact_remat": exact_remat, "tesla": tesla}[grad_mode](it, idx)
     opt.step()
     return float(loss.detach())
 

@@ -308,7 +308,8 @@ def run_torch(arrays: dict, meta: dict, iters: int, warmup: int = 1,
       loss0 = loss
       update0 = {k: v.detach().numpy() - init[k] for k, v in leaf.items()}
       update0["images"] = update0["images"].transpose(0, 2, 3, 1)
-  return dict(mode="torch" if grad_mode == "exact" else "torch_tesla", loss0=loss0,
+  return dict(mode={"exact": "torch", "exact_remat": "torch_remat"}.get(grad_mode, "torch_tesla"),
+              loss0=loss0,
               update0=update0, compile_s=0.0, times=times[warmup:],
               median_s=statistics.median(times[warmup:]), cpu_s=statistics.median(cpu[warmup:]),
               memory_analysis=None,
