@@ -271,6 +271,37 @@ def test_fadrm_plus_round_robin_compiles_once():
   assert want[1][1] == 0.0 and want[2][1] > 2 * want[0][1] > 0
 
 
+def test_fadrm_plus_branches_use_canonical_gradient_convolutions():
+  """The teacher's `lax.switch` branches are traced inside `jdd.models.conv.in_nested_program`,
+  so the classifiers' gradient convolutions there are jdd's canonical ones (XLA:CPU runs JAX's
+  own on a slow emitter inside a conditional), while a one-teacher step keeps XLA's own. Both
+  give the same update for the same teacher."""
+  import re
+  hp = _hp(resolutions=(32,), budgets=(4,))
+  mods = (models.build_model("resnet18", 4), models.build_model("shufflenet_v2_x0_5", 4))
+  teachers = tuple(jax.jit(lambda k, m=m: models.init_variables(m, k, (32, 32, 3)))(
+      jax.random.key(i)) for i, m in enumerate(mods))
+  state = fadrm.init(jax.random.uniform(jax.random.key(1), (1, 4, 32, 32, 3)), hp)
+  batch, rng = _batch(1), jax.random.key(3)
+
+  def lowered(ms, ts):
+    fn = jax.jit(lambda s, b, r, t: fadrm.step(s, b, r, t, models=ms, hp=hp))
+    return fn.lower(state, batch, rng, ts)
+
+  def labels(program):     # the convolutions JAX emits, before XLA's layout assignment
+    return re.findall(r"dim_numbers = (.*?), window", program.as_text())
+
+  two, one = lowered(mods, teachers), lowered(mods[:1], teachers[:1])
+  canonical = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+  assert len(labels(two)) > 40 and set(labels(two)) == {canonical}, set(labels(two))
+  assert set(labels(one)) != {canonical}       # XLA's own gradients at the top level
+  two, one = two.compile(), one.compile()
+  # the step index is 0, so the two-teacher step uses the ResNet-18 as the one-teacher step
+  np.testing.assert_allclose(np.asarray(two(state, batch, rng, teachers)[0].images),
+                             np.asarray(one(state, batch, rng, teachers[:1])[0].images),
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_full_two_stage_recover_from_selected_patches():
   model = PooledNet()
   variables = models.init_variables(model, jax.random.key(0), (16, 16, 3))

@@ -70,6 +70,7 @@ import optax
 
 from jdd.data import augment
 from jdd.methods import sre2l
+from jdd.models import conv
 from jdd.objectives import bn_statistics_loss_from_collection
 
 # Shared with SRe2L: class blocks per group and the uint8 export.
@@ -274,8 +275,11 @@ def step(state: FadrmState, batch: dict, rng: jax.Array, teachers: Sequence[Any]
   # Each branch differentiates its own teacher and `lax.switch` only picks the result:
   # differentiating *through* a switch would make every branch's residuals live at once.
   branches = [jax.grad(loss_through(i), has_aux=True) for i in range(len(models))]
-  grads, metrics = (branches[0](state.images) if len(branches) == 1 else
-                    jax.lax.switch(index, branches, state.images))
+  if len(branches) == 1:
+    grads, metrics = branches[0](state.images)
+  else:
+    with conv.in_nested_program():   # the branches' gradient convolutions (jdd.models.conv)
+      grads, metrics = jax.lax.switch(index, branches, state.images)
   direction, opt_state = make_adam().update(grads, state.opt_state, state.images)
   lr = learning_rate(state.step, hp.lr, hp.iterations)
   images = clip_to_valid(state.images - lr * direction, hp)

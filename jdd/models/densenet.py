@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
+from jdd.models.conv import model_conv
 from jdd.models.convnet import torch_default_kernel_init, torch_linear
 from jdd.models.resnet import max_pool_torch
 from jdd.models.torch_names import default_torch_key
@@ -59,6 +60,7 @@ def _conv(features: int, kernel: int, stride: int, pad: int, init: Callable, dty
           name: str) -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=init, dtype=dtype,
+                 conv_general_dilated=model_conv,
                  name=name)
 
 

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
+from jdd.models.conv import model_conv
 from jdd.models.convnet import torch_default_bias_init, torch_default_kernel_init, torch_linear
 from jdd.models.resnet import kaiming_fan_out
 from jdd.models.shifted import DepthwiseConv
@@ -95,7 +96,8 @@ def _conv(features: int, kernel: int, stride: int, pad: int, *, groups: int = 1,
                          kernel_init=init, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=bias,
-                 kernel_init=init, bias_init=bias_init, dtype=dtype, name=name)
+                 kernel_init=init, bias_init=bias_init, dtype=dtype,
+                 conv_general_dilated=model_conv, name=name)
 
 
 class SqueezeExcitation(nn.Module):

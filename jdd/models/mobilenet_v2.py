@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
+from jdd.models.conv import model_conv
 from jdd.models.convnet import torch_default_kernel_init, torch_linear
 from jdd.models.resnet import kaiming_fan_out
 from jdd.models.shifted import DepthwiseConv
@@ -84,7 +85,8 @@ def conv(features: int, kernel: int, stride: int, groups: int, init: Any, dtype:
                          kernel_init=init, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
-                 kernel_init=init, dtype=dtype, name=name)
+                 kernel_init=init, dtype=dtype, conv_general_dilated=model_conv,
+                 name=name)
 
 
 def torchvision_head_init(key, shape, dtype=jnp.float32):

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from jdd.models import shifted
 from jdd.models.bn import BatchNorm
+from jdd.models.conv import model_conv
 from jdd.models.convnet import torch_linear
 from jdd.models.torch_names import default_torch_key
 
@@ -55,6 +56,7 @@ def _conv(features: int, kernel: int, stride: int, pad: int, dtype: Any, name: s
       use_bias=False,
       kernel_init=kaiming_fan_out,
       dtype=dtype,
+      conv_general_dilated=model_conv,
       name=name,
   )
 

@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from jdd.models.bn import BatchNorm
+from jdd.models.conv import model_conv
 from jdd.models.convnet import torch_default_kernel_init, torch_linear
 from jdd.models.resnet import max_pool_torch
 from jdd.models.shifted import DepthwiseConv
@@ -87,7 +88,8 @@ def conv(features: int, kernel: int, stride: int, groups: int, dtype: Any,
                          kernel_init=torch_default_kernel_init, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
-                 kernel_init=torch_default_kernel_init, dtype=dtype, name=name)
+                 kernel_init=torch_default_kernel_init, dtype=dtype,
+                 conv_general_dilated=model_conv, name=name)
 
 
 def avg_pool_torch(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
