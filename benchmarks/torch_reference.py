@@ -264,6 +264,14 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
     loss.backward()
     return loss
 
+  def rng_state():      # dropout draws from the generator of the tensors' device
+    return torch.get_rng_state(), (torch.cuda.get_rng_state() if device != "cpu" else None)
+
+  def set_rng_state(state):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+      torch.cuda.set_rng_state(state[1])
+
   def exact_remat(it, idx):
     # The exact gradient with each student step recomputed in the backward pass (jdd's
     # `distill.remat`): pass 1 keeps only theta_k and the RNG state before each step; going
@@ -273,7 +281,7 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
     theta, thetas, states = {m: start[m].clone() for m in students}, [], []
     for k in range(meta["syn_steps"]):
       thetas.append(theta)
-      states.append(torch.get_rng_state())
+      states.append(rng_state())
       th = {m: theta[m].clone().requires_grad_(True) for m in students}
       grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], detached),
                                   [th["image"], th["text"]])
@@ -282,9 +290,9 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
     end = {m: theta[m].requires_grad_(True) for m in students}
     loss = sum(torch.sum((end[m] - target[m]) ** 2) / den[m] for m in students)
     cot = dict(zip(modalities, torch.autograd.grad(loss, [end["image"], end["text"]])))
-    rng = torch.get_rng_state()
+    rng = rng_state()
     for k in reversed(range(meta["syn_steps"])):
-      torch.set_rng_state(states[k])                           # the same dropout masks
+      set_rng_state(states[k])                                 # the same dropout masks
       th = {m: thetas[k][m].clone().requires_grad_(True) for m in students}
       grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], leaf),
                                   [th["image"], th["text"]], create_graph=True)
@@ -292,7 +300,7 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
       torch.autograd.backward(new, [cot[m] for m in modalities],
                               inputs=[th["image"], th["text"]] + list(leaf.values()))
       cot = {m: th[m].grad for m in modalities}
-    torch.set_rng_state(rng)
+    set_rng_state(rng)
     return loss.detach()
 
   def tesla(it, idx):
