@@ -19,7 +19,9 @@ style of the reference code), same shapes and the same work per step, random wei
                  MobileNetV2 taking turns step by step (the IN-1k teacher set)
   repblend_*     RepBlend distillation iteration at Flickr30K shapes: NFNet-L0 at 224 px
                  (frozen), 499 synthetic pairs, 768-d texts, mini-batch 20, 8 student steps,
-                 TESLA (the reference's gradient) or exact (through the unroll)
+                 TESLA (the reference's gradient) or exact (through the unroll, each
+                 student step recomputed in the backward pass: jdd's default distill.remat,
+                 and the PyTorch loop's `exact_remat`)
   lors_*         LoRS: the same with the whole NFNet-L0 as the student, mini-batch 40
   edge_256/512   EDGE fine-tuning step: SD-1.5 U-Net at its real widths (859.5 M parameters),
                  256 / 512 px images (32 / 64 latents), batch 128, DiffFit leaves, SGD
