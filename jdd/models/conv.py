@@ -56,8 +56,12 @@ Higher orders. A derivative of second order also differentiates each custom rule
 custom functions themselves rather than the raw convolutions; when they called the raw
 `lax.conv_general_dilated`, the outer derivative of an exact trajectory gradient (through the
 student's weights) got JAX's own weight-gradient transposes (`f01b_i01o->01bf`), which XLA:CPU
-runs at about 1 GFLOP/s: LoRS's exact gradient at 64 px took 41 s per iteration against
-TESLA's 9.9 (`benchmarks/paper_shapes.py`'s `lors_exact` row, docs/benchmarks.md).
+runs at about 1 GFLOP/s: LoRS's exact gradient at 64 px took 39 s per iteration against
+TESLA's 9.9, and takes 12.4 s since (`benchmarks/paper_shapes.py`'s `lors_exact` row,
+docs/benchmarks.md).
+
+Nested programs. The torchvision-style classifiers use `model_conv`: XLA's own convolution at
+the top level of a program, this module's inside `in_nested_program()` (bottom of the file).
 """
 
 from __future__ import annotations

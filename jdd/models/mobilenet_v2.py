@@ -85,8 +85,7 @@ def conv(features: int, kernel: int, stride: int, groups: int, init: Any, dtype:
                          kernel_init=init, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
-                 kernel_init=init, dtype=dtype, conv_general_dilated=model_conv,
-                 name=name)
+                 kernel_init=init, dtype=dtype, conv_general_dilated=model_conv, name=name)
 
 
 def torchvision_head_init(key, shape, dtype=jnp.float32):
