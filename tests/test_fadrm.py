@@ -271,17 +271,30 @@ def test_fadrm_plus_round_robin_compiles_once():
   assert want[1][1] == 0.0 and want[2][1] > 2 * want[0][1] > 0
 
 
+class ClassifierConvNet(PooledNet):
+  """PooledNet with the convolution jdd's torchvision-style classifiers use (`model_conv`)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    from jdd.models.conv import model_conv
+    for i in range(2):
+      x = nn.Conv(self.width, (3, 3), strides=(i + 1, i + 1), padding=((1, 1), (1, 1)),
+                  conv_general_dilated=model_conv)(x)
+      x = nn.relu(BatchNorm()(x, train))
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
 def test_fadrm_plus_branches_use_canonical_gradient_convolutions():
   """The teacher's `lax.switch` branches are traced inside `jdd.models.conv.in_nested_program`,
   so the classifiers' gradient convolutions there are jdd's canonical ones (XLA:CPU runs JAX's
   own on a slow emitter inside a conditional), while a one-teacher step keeps XLA's own. Both
   give the same update for the same teacher."""
   import re
-  hp = _hp(resolutions=(32,), budgets=(4,))
-  mods = (models.build_model("resnet18", 4), models.build_model("shufflenet_v2_x0_5", 4))
-  teachers = tuple(jax.jit(lambda k, m=m: models.init_variables(m, k, (32, 32, 3)))(
-      jax.random.key(i)) for i, m in enumerate(mods))
-  state = fadrm.init(jax.random.uniform(jax.random.key(1), (1, 4, 32, 32, 3)), hp)
+  hp = _hp(resolutions=(16,), budgets=(4,))
+  mods = (ClassifierConvNet(), ClassifierConvNet(width=4))
+  teachers = tuple(m.init(jax.random.key(i), jnp.zeros((1, 16, 16, 3))) for i, m in
+                   enumerate(mods))
+  state = fadrm.init(jax.random.uniform(jax.random.key(1), (1, 4, 16, 16, 3)), hp)
   batch, rng = _batch(1), jax.random.key(3)
 
   def lowered(ms, ts):
@@ -293,10 +306,10 @@ def test_fadrm_plus_branches_use_canonical_gradient_convolutions():
 
   two, one = lowered(mods, teachers), lowered(mods[:1], teachers[:1])
   canonical = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
-  assert len(labels(two)) > 40 and set(labels(two)) == {canonical}, set(labels(two))
+  assert len(labels(two)) >= 8 and set(labels(two)) == {canonical}, set(labels(two))
   assert set(labels(one)) != {canonical}       # XLA's own gradients at the top level
   two, one = two.compile(), one.compile()
-  # the step index is 0, so the two-teacher step uses the ResNet-18 as the one-teacher step
+  # the step index is 0, so the two-teacher step uses the first teacher as the one-teacher step
   np.testing.assert_allclose(np.asarray(two(state, batch, rng, teachers)[0].images),
                              np.asarray(one(state, batch, rng, teachers[:1])[0].images),
                              rtol=1e-5, atol=1e-6)

@@ -253,3 +253,28 @@ def test_exact_trajectory_gradient_has_only_canonical_convolutions():
   assert set(ref_labels) != {canonical}      # what the default rules emit
   _close(gw0, gw1, 1e-4)
   _close(gx0, gx1, 1e-4)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121", "mobilenet_v2",
+                                  "shufflenet_v2_x0_5", "efficientnet_b0"])
+def test_classifiers_switch_to_canonical_convolutions_in_nested_programs(arch):
+  """The torchvision-style classifiers convolve with `model_conv`: JAX's own convolution (and
+  its gradient rules) at the top level, jdd's canonical one inside `in_nested_program()` (what
+  FADRM+'s teacher branches are traced in). Lowering only: no compilation."""
+  from jdd import models
+  from jdd.models.conv import in_nested_program
+  model = models.build_model(arch, 10)
+  variables = jax.eval_shape(lambda k: models.init_variables(model, k, (32, 32, 3)),
+                             jax.random.key(0))
+  variables = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), variables)
+  x = jnp.ones((2, 32, 32, 3))
+
+  def labels():
+    f = jax.jit(jax.grad(lambda x: jnp.sum(model.apply(variables, x, train=False))))
+    return re.findall(r"dim_numbers = (.*?), window", f.lower(x).as_text())
+
+  canonical = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+  assert set(labels()) != {canonical}
+  with in_nested_program():
+    inside = labels()
+  assert len(inside) >= 10 and set(inside) == {canonical}, set(inside)
