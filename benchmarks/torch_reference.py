@@ -13,8 +13,9 @@ of `trajectory_matching.py`, from jdd's weights passed in as numpy arrays.
 * `make_tm_iteration`: one trajectory-matching iteration of RepBlend / LoRS with the student as
   flat parameter vectors run through `torch.func.functional_call` (the references'
   ReparamModule), either unrolled with `create_graph=True` through every student step (MTT-VL's
-  exact gradient) or with TESLA's two passes (LoRS / RepBlend, `distill_tesla_lors.py`,
-  `distill_repblend.py`): pass 1 takes detached steps and sums G, pass 2 recomputes each g_i
+  exact gradient; `exact_remat`: the same gradient with each step recomputed in the backward
+  pass, as jdd's `distill.remat`) or with TESLA's two passes (LoRS / RepBlend,
+  `distill_tesla_lors.py`, `distill_repblend.py`): pass 1 takes detached steps and sums G, pass 2 recomputes each g_i
   with `create_graph` and backpropagates <dL/dg_i, g_i> to the synthetic data; the learned
   learning rates get dL/deta with G held constant.
 * `edge_loop`: one EDGE fine-tuning step (ichbill/EDGE `edge_diffusion_train.py`): frozen VAE
