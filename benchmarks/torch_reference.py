@@ -15,8 +15,9 @@ of `trajectory_matching.py`, from jdd's weights passed in as numpy arrays.
   ReparamModule), either unrolled with `create_graph=True` through every student step (MTT-VL's
   exact gradient; `exact_remat`: the same gradient with each step recomputed in the backward
   pass, as jdd's `distill.remat`) or with TESLA's two passes (LoRS / RepBlend,
-  `distill_tesla_lors.py`, `distill_repblend.py`): pass 1 takes detached steps and sums G, pass 2 recomputes each g_i
-  with `create_graph` and backpropagates <dL/dg_i, g_i> to the synthetic data; the learned
+  `distill_tesla_lors.py`, `distill_repblend.py`): pass 1 takes detached steps and sums G,
+  pass 2 recomputes each g_i with `create_graph` and backpropagates <dL/dg_i, g_i> to the
+  synthetic data; the learned
   learning rates get dL/deta with G held constant.
 * `edge_loop`: one EDGE fine-tuning step (ichbill/EDGE `edge_diffusion_train.py`): frozen VAE
   encode and SD text encoder, noise, U-Net, one-step x0, VAE decode, CLIP features,
