@@ -17,8 +17,7 @@ of `trajectory_matching.py`, from jdd's weights passed in as numpy arrays.
   pass, as jdd's `distill.remat`) or with TESLA's two passes (LoRS / RepBlend,
   `distill_tesla_lors.py`, `distill_repblend.py`): pass 1 takes detached steps and sums G,
   pass 2 recomputes each g_i with `create_graph` and backpropagates <dL/dg_i, g_i> to the
-  synthetic data; the learned
-  learning rates get dL/deta with G held constant.
+  synthetic data; the learned learning rates get dL/deta with G held constant.
 * `edge_loop`: one EDGE fine-tuning step (ichbill/EDGE `edge_diffusion_train.py`): frozen VAE
   encode and SD text encoder, noise, U-Net, one-step x0, VAE decode, CLIP features,
   symmetric InfoNCE (tau 0.1) + diversity loss, SGD on the DiffFit leaves (every U-Net
