@@ -140,8 +140,7 @@ def shapes(row: Row, scale: float, tiny: bool, device: str, edge_batch: int) -> 
       mode_text = mode
     text = (f"{'NFNet (tiny)' if tiny else 'NFNet-L0'} at {res} px, {pairs - 1} pairs, 768-d "
             f"texts, mini-batch {batch}, {steps or 8} student steps, {mode_text}")
-    return dict(kind="tm", mode=mode, setting=setting, batch=batch, tiny=tiny, text=text,
-                torch_mode="exact_remat" if mode == "exact" else mode)
+    return dict(kind="tm", mode=mode, setting=setting, batch=batch, tiny=tiny, text=text)
   px = row.opt("px") // 16 if tiny else row.opt("px")
   note = ""
   if device == "cpu" and not tiny:

@@ -15,6 +15,9 @@ import dataclasses
 import time
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The PyTorch loop's gradient for each jdd mode: exact recomputes each student step in the
+# backward pass, as jdd's default `distill.remat` does.
+TORCH_MODE = {"exact": "exact_remat"}
 
 
 # ---------------------------------------------------------------------------------- jdd
@@ -228,7 +231,8 @@ def torch_workload(sh: dict, device: str):
     tmb, s = tm_setting(sh)
     meta = tmb.problem_meta(s)
     iteration, _ = ref.make_tm_iteration(ref.tm_inputs(meta, iters=64), meta,
-                                         grad_mode=sh["torch_mode"], device=dev)
+                                         grad_mode=TORCH_MODE.get(sh["mode"], sh["mode"]),
+                                         device=dev)
     count = [0]
 
     def run():

@@ -273,28 +273,36 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
     if state[1] is not None:
       torch.cuda.set_rng_state(state[1])
 
+  def detached_steps(it, idx):
+    """Pass 1 of TESLA and of `exact_remat`: the student steps without a graph. Returns theta_k
+    and the RNG state before each step k, theta_N, and the sum G of the step gradients."""
+    detached = {k: v.detach() for k, v in leaf.items()}
+    lrs = {m: float(leaf[f"lr_{m}"]) for m in modalities}
+    theta = {m: start[m].clone() for m in students}
+    thetas, states, gsum = [], [], {m: torch.zeros_like(start[m]) for m in students}
+    for k in range(meta["syn_steps"]):
+      thetas.append(theta)
+      states.append(rng_state())
+      th = {m: theta[m].detach().requires_grad_(True) for m in students}
+      grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], detached),
+                                  [th["image"], th["text"]])
+      theta = {m: (theta[m] - lrs[m] * g).detach() for m, g in zip(modalities, grads)}
+      gsum = {m: gsum[m] + g for m, g in zip(modalities, grads)}
+    return thetas, states, theta, gsum
+
   def exact_remat(it, idx):
     # The exact gradient with each student step recomputed in the backward pass (jdd's
     # `distill.remat`): pass 1 keeps only theta_k and the RNG state before each step; going
     # back, step k is re-run with its graph and the cotangent of theta_{k+1} is pulled back to
     # theta_k, the data and the lrs (the Hessian terms included), so memory holds one step.
-    detached = {k: v.detach() for k, v in leaf.items()}
-    theta, thetas, states = {m: start[m].clone() for m in students}, [], []
-    for k in range(meta["syn_steps"]):
-      thetas.append(theta)
-      states.append(rng_state())
-      th = {m: theta[m].clone().requires_grad_(True) for m in students}
-      grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], detached),
-                                  [th["image"], th["text"]])
-      theta = {m: (theta[m] - float(leaf[f"lr_{m}"]) * g).detach()
-               for m, g in zip(modalities, grads)}
+    thetas, states, theta, _ = detached_steps(it, idx)
     end = {m: theta[m].requires_grad_(True) for m in students}
     loss = sum(torch.sum((end[m] - target[m]) ** 2) / den[m] for m in students)
     cot = dict(zip(modalities, torch.autograd.grad(loss, [end["image"], end["text"]])))
     rng = rng_state()
     for k in reversed(range(meta["syn_steps"])):
       set_rng_state(states[k])                                 # the same dropout masks
-      th = {m: thetas[k][m].clone().requires_grad_(True) for m in students}
+      th = {m: thetas[k][m].detach().requires_grad_(True) for m in students}
       grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], leaf),
                                   [th["image"], th["text"]], create_graph=True)
       new = [th[m] - leaf[f"lr_{m}"] * g for m, g in zip(modalities, grads)]
@@ -305,17 +313,8 @@ def make_tm_iteration(arrays: dict, meta: dict, threads: int | None = None,
     return loss.detach()
 
   def tesla(it, idx):
-    detached = {k: v.detach() for k, v in leaf.items()}
-    lrs = {"image": float(leaf["lr_image"]), "text": float(leaf["lr_text"])}
-    theta = {m: start[m].clone() for m in students}
-    thetas, gsum = [], {m: torch.zeros_like(start[m]) for m in students}
-    for k in range(meta["syn_steps"]):                       # pass 1: detached steps
-      th = {m: theta[m].requires_grad_(True) for m in students}
-      grads = torch.autograd.grad(inner_loss(th, it, k, idx[k], detached),
-                                  [th["image"], th["text"]])
-      thetas.append({m: theta[m].detach() for m in students})
-      theta = {m: (theta[m] - lrs[m] * g).detach() for m, g in zip(modalities, grads)}
-      gsum = {m: gsum[m] + g for m, g in zip(modalities, grads)}
+    thetas, _, _, gsum = detached_steps(it, idx)               # pass 1: detached steps
+    lrs = {m: float(leaf[f"lr_{m}"]) for m in modalities}
     lr_t = {"image": leaf["lr_image"], "text": leaf["lr_text"]}
     delta = {m: start[m] - lr_t[m] * gsum[m] - target[m] for m in students}
     loss = sum(torch.sum(delta[m] ** 2) / den[m] for m in students)

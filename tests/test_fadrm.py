@@ -3,6 +3,7 @@ resolution, round-robin teachers, a full two-stage recover, and the configs."""
 
 import math
 import os
+import re
 
 import chex
 import flax.linen as nn
@@ -15,6 +16,7 @@ from jdd import models
 from jdd.config import load_config
 from jdd.methods import fadrm
 from jdd.models.bn import BatchNorm
+from jdd.models.conv import model_conv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -276,7 +278,6 @@ class ClassifierConvNet(PooledNet):
 
   @nn.compact
   def __call__(self, x, train=False):
-    from jdd.models.conv import model_conv
     for i in range(2):
       x = nn.Conv(self.width, (3, 3), strides=(i + 1, i + 1), padding=((1, 1), (1, 1)),
                   conv_general_dilated=model_conv)(x)
@@ -289,7 +290,6 @@ def test_fadrm_plus_branches_use_canonical_gradient_convolutions():
   so the classifiers' gradient convolutions there are jdd's canonical ones (XLA:CPU runs JAX's
   own on a slow emitter inside a conditional), while a one-teacher step keeps XLA's own. Both
   give the same update for the same teacher."""
-  import re
   hp = _hp(resolutions=(16,), budgets=(4,))
   mods = (ClassifierConvNet(), ClassifierConvNet(width=4))
   teachers = tuple(m.init(jax.random.key(i), jnp.zeros((1, 16, 16, 3))) for i, m in
